@@ -1,0 +1,39 @@
+"""Character-level tiny shakespeare: the laptop-CPU model. Reaches val loss <= 1.88 on the whole val split
+in about a minute on a 2-core CPU: python train.py --config=configs/shakespeare_char.py"""
+
+from gpt_jax.config import default_config
+
+
+def get_config():
+    c = default_config()
+    c.model.n_layer = 4  # blocks
+    c.model.n_head = 4  # heads of 32
+    c.model.d_model = 128  # width
+    c.model.d_ff = 512  # 4 x d_model
+    c.model.block_size = 128  # characters of context
+    c.model.dropout = 0.0  # the run is far too short to overfit
+    c.model.norm_position = "pre"  # GPT-2 style trains faster at high learning rates
+
+    c.data.dataset = "shakespeare"  # the embedded corpus
+    c.data.tokenizer = "char"  # 65 characters
+
+    c.optim.learning_rate = 2e-3
+    c.optim.min_learning_rate = 1e-4
+    c.optim.warmup_steps = 100
+    c.optim.beta2 = 0.99  # small batches: a shorter second-moment memory
+    c.optim.weight_decay = 0.1
+    c.optim.grad_clip = 1.0
+
+    c.train.batch_size = 32
+    c.train.max_steps = 2000
+    c.train.log_every = 100
+    c.train.eval_every = 500
+    c.train.eval_batch_size = 128
+    c.train.eval_max_windows = 0  # the whole val split (871 windows of 128)
+    c.train.checkpoint_every = 500
+
+    c.sample.prompt = "ROMEO:"
+    c.sample.max_new_tokens = 500
+    c.sample.temperature = 0.8
+    c.sample.top_k = 0
+    return c

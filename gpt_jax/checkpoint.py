@@ -1,0 +1,102 @@
+"""Orbax checkpoints of a run: params, optimizer state, step and RNG, plus the run's meta as JSON.
+
+Layout: `WORKDIR/checkpoints/<step>/{params,opt_state,train,meta}`. Orbax writes each step into a temporary
+folder and renames it when complete, so a run killed mid-save (kill -9 included) leaves no half-written step
+that could be loaded; leftover temporaries are cleaned up on the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+from gpt_jax.config import ModelConfig
+
+
+class CheckpointError(RuntimeError):
+    """A workdir with no usable checkpoint."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, max_to_keep: Optional[int] = 3, create: bool = True):
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
+                                               cleanup_tmp_directories=create, read_only=not create)
+        self.directory = checkpoint_dir(workdir)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("params", "opt_state", "train", "meta"))
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def save(self, step: int, params, opt_state, train: dict, meta: dict) -> None:
+        """Saves asynchronously; call `wait()` before relying on the files (done at exit)."""
+        self.manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            opt_state=ocp.args.StandardSave(opt_state),
+            train=ocp.args.StandardSave(train),
+            meta=ocp.args.JsonSave(meta),
+        ))
+
+    def restore(self, step: int, abstract: dict[str, Any]) -> dict[str, Any]:
+        """Restores the items named in `abstract` (name -> abstract pytree with shardings, or None for meta)."""
+        args = {}
+        for name, target in abstract.items():
+            args[name] = ocp.args.JsonRestore() if name == "meta" else ocp.args.StandardRestore(target)
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} cannot be read ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); move that step's folder away to use an earlier one"
+            ) from e
+
+    def read_meta(self, step: int) -> dict:
+        return self.restore(step, {"meta": None})["meta"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_like(tree, sharding):
+    """ShapeDtypeStructs of `tree` (arrays or ShapeDtypeStructs) placed with `sharding`."""
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def load_params(workdir: str, sharding=None):
+    """(ModelConfig, tokenizer meta, params) of the newest checkpoint in `workdir`, restored onto this
+    machine's devices (by default the first local device), whatever devices wrote it."""
+    from gpt_jax.model import init_params
+
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        raise CheckpointError(f"no checkpoints in {workdir}: train first (python train.py --workdir={workdir}) "
+                              "or pass the workdir of a finished run")
+    ckpt = Checkpointer(workdir, create=False)
+    step = ckpt.latest_step()
+    if step is None:
+        raise CheckpointError(f"no complete checkpoint in {checkpoint_dir(workdir)}: train first or pass another "
+                              "--workdir")
+    meta = ckpt.read_meta(step)
+    cfg = ModelConfig.from_dict(meta["model"])
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+    params = ckpt.restore(step, {"params": abstract_like(shapes, sharding)})["params"]
+    ckpt.close()
+    return cfg, meta, params
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)

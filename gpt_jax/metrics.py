@@ -1,0 +1,128 @@
+"""Run logs (metrics.jsonl + TensorBoard), the loss-curve PNG, and the FLOP / MFU arithmetic."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+from gpt_jax.config import ModelConfig
+
+
+def flops_per_token(cfg: ModelConfig, n_params: int, seq_len: int) -> float:
+    """Training FLOPs per token, PaLM appendix B: 6N + 12 * L * T * d.
+
+    N counts every parameter except the position table (the tied token embedding is counted: it is the
+    output-layer matmul). Causal attention is *not* halved, as in the PaLM and nanoGPT estimates.
+    A forward pass alone is a third of this.
+    """
+    return 6.0 * n_params + 12.0 * cfg.n_layer * seq_len * cfg.d_model
+
+
+# bf16 dense peaks (FLOP/s) of common accelerators, per chip, from their vendors' data sheets.
+_PEAKS = {"TPU v2": 45e12, "TPU v3": 123e12, "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
+          "TPU v5p": 459e12, "TPU v6 lite": 918e12, "A100": 312e12, "H100": 989e12, "H200": 989e12,
+          "L4": 121e12, "T4": 65e12, "V100": 125e12}
+
+
+@functools.lru_cache(maxsize=None)
+def measured_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a jitted fp32 (n, n) matmul on the default device, median of `repeats` (the practical peak)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / float(np.median(times))
+
+
+def device_peak_flops(given: float = 0.0) -> float:
+    """Peak FLOP/s summed over all devices: `given` (per device) if set, a data-sheet figure for known
+    accelerators, else a matmul measured on the spot (CPU)."""
+    import jax
+
+    devices = jax.devices()
+    if given:
+        return given * len(devices)
+    kind = devices[0].device_kind
+    for name, peak in _PEAKS.items():
+        if name.lower() in kind.lower():
+            return peak * len(devices)
+    return measured_matmul_peak()  # CPU: all simulated "devices" share the same cores
+
+
+class MetricsWriter:
+    """Appends one JSON object per event to WORKDIR/metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, tensorboard: bool = True):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop events logged after the restored step (they will be logged again)."""
+        if not os.path.exists(self.path):
+            return
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, **scalars) -> None:
+        record = {"step": int(step), **{k: (float(v) if v is not None else None) for k, v in scalars.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in scalars.items():
+                if v is not None:
+                    self.tb.add_scalar(k, float(v), step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut short by a kill; ignore it
+                    pass
+    return out
+
+
+def plot_losses(metrics_path: str, png_path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style in (("train_loss", "-"), ("val_loss", "o-")):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), style, label=key, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

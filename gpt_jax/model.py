@@ -1,0 +1,197 @@
+"""The GPT decoder stack in Flax Linen: GPT-1 (post-LN) and GPT-2 (pre-LN) behind one switch.
+
+Shapes: B batch, T tokens in this call, S cache length, C = d_model, H heads, D = C // H, V padded vocab.
+
+KV cache (an explicit pytree, passed in and returned; see `init_cache`):
+    {"k": [n_layer x (B, S, H, D)], "v": [n_layer x (B, S, H, D)], "pos": int32 ()}
+`pos` is how many positions are already filled; a call with T tokens writes positions [pos, pos + T)
+and returns the cache with pos + T. `pos` is a traced value, so decoding never recompiles per token.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gpt_jax.config import ModelConfig
+
+Cache = dict[str, Any]
+
+_NEG_INF = -1e30  # large negative instead of -inf: masked softmax rows never turn into NaN
+
+
+def _dtype(cfg: ModelConfig):
+    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+def _init(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, length: Optional[int] = None, dtype=None) -> Cache:
+    """An empty cache for `batch_size` sequences of up to `length` (default: block_size) positions."""
+    length = cfg.block_size if length is None else length
+    if length > cfg.block_size:
+        raise ValueError(f"cache length {length} exceeds the model's context block_size={cfg.block_size}")
+    dtype = _dtype(cfg) if dtype is None else dtype
+    shape = (batch_size, length, cfg.n_head, cfg.head_dim)  # (B, S, H, D)
+    return {
+        "k": [jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)],
+        "v": [jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)],
+        "pos": jnp.zeros((), jnp.int32),
+    }
+
+
+class CausalSelfAttention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, *, train: bool, kv=None, pos=None):
+        # x: (B, T, C); kv: optional (k, v) cache of this layer, each (B, S, H, D); pos: int32 ()
+        cfg = self.cfg
+        B, T, C = x.shape
+        H, D = cfg.n_head, cfg.head_dim
+        dense = lambda n, std, name: nn.Dense(n, dtype=_dtype(cfg), kernel_init=_init(std), name=name)
+        qkv = dense(3 * C, 0.02, "c_attn")(x)  # (B, T, 3C), one fused matmul
+        q, k, v = jnp.split(qkv.reshape(B, T, 3, H, D), 3, axis=2)
+        q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # (B, T, H, D)
+
+        if kv is None:
+            q_pos = jnp.arange(T)
+            k_pos = jnp.arange(T)
+            new_kv = None
+        else:
+            k_cache, v_cache = kv  # (B, S, H, D)
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
+            new_kv = (k, v)
+            q_pos = pos + jnp.arange(T)
+            k_pos = jnp.arange(k.shape[1])
+        mask = k_pos[None, :] <= q_pos[:, None]  # (T, S): a query sees itself and the past only
+
+        att = jnp.einsum("bthd,bshd->bhts", q, k.astype(q.dtype)) / math.sqrt(D)  # (B, H, T, S)
+        att = jnp.where(mask, att.astype(jnp.float32), _NEG_INF)
+        att = jax.nn.softmax(att, axis=-1).astype(q.dtype)
+        att = nn.Dropout(cfg.dropout)(att, deterministic=not train)
+        y = jnp.einsum("bhts,bshd->bthd", att, v.astype(q.dtype)).reshape(B, T, C)  # (B, T, C)
+        y = dense(C, 0.02 / math.sqrt(2 * cfg.n_layer), "c_proj")(y)  # GPT-2's scaled residual init
+        y = nn.Dropout(cfg.dropout)(y, deterministic=not train)
+        return y, new_kv
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):  # (B, T, C) -> (B, T, C)
+        cfg = self.cfg
+        h = nn.Dense(cfg.d_ff, dtype=_dtype(cfg), kernel_init=_init(0.02), name="c_fc")(x)  # (B, T, F)
+        h = jax.nn.gelu(h, approximate=True)  # tanh GELU, as GPT-1/2
+        h = nn.Dense(cfg.d_model, dtype=_dtype(cfg), kernel_init=_init(0.02 / math.sqrt(2 * cfg.n_layer)),
+                     name="c_proj")(h)
+        return nn.Dropout(cfg.dropout)(h, deterministic=not train)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, *, train: bool, kv=None, pos=None):  # (B, T, C) -> (B, T, C)
+        cfg = self.cfg
+        ln_1 = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_1")
+        ln_2 = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_2")
+        attn = CausalSelfAttention(cfg, name="attn")
+        mlp = MLP(cfg, name="mlp")
+        if cfg.norm_position == "pre":  # GPT-2: x + f(LN(x))
+            a, kv = attn(ln_1(x), train=train, kv=kv, pos=pos)
+            x = x + a
+            x = x + mlp(ln_2(x), train=train)
+        else:  # GPT-1: LN(x + f(x))
+            a, kv = attn(x, train=train, kv=kv, pos=pos)
+            x = ln_1(x + a)
+            x = ln_2(x + mlp(x, train=train))
+        return x, kv
+
+
+class GPT(nn.Module):
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.wte = self.param("wte", _init(0.02), (cfg.padded_vocab, cfg.d_model))  # (V, C)
+        self.wpe = self.param("wpe", _init(0.02), (cfg.block_size, cfg.d_model))  # (block_size, C)
+        self.blocks = [Block(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
+        if cfg.norm_position == "pre":
+            self.ln_f = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_f")
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Dense(cfg.padded_vocab, use_bias=False, dtype=_dtype(cfg),
+                                    kernel_init=_init(0.02), name="lm_head")
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def hidden(self, ids, *, train: bool = False, cache: Optional[Cache] = None):
+        """Final hidden states (B, T, C) (after ln_f for pre-LN) and the updated cache (or None)."""
+        cfg = self.cfg
+        B, T = ids.shape
+        pos = jnp.zeros((), jnp.int32) if cache is None else cache["pos"]
+        if cache is None and T > cfg.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds the model's context block_size={cfg.block_size}")
+        wpe = jax.lax.dynamic_slice_in_dim(self.wpe, pos, T, axis=0)  # (T, C)
+        x = (jnp.take(self.wte, ids, axis=0) + wpe[None]).astype(_dtype(cfg))  # (B, T, C)
+        x = self.drop(x, deterministic=not train)
+        new_k, new_v = [], []
+        for i, block in enumerate(self.blocks):
+            kv = None if cache is None else (cache["k"][i], cache["v"][i])
+            x, kv = block(x, train=train, kv=kv, pos=pos)
+            if kv is not None:
+                new_k.append(kv[0])
+                new_v.append(kv[1])
+        if cfg.norm_position == "pre":
+            x = self.ln_f(x)
+        new_cache = None if cache is None else {"k": new_k, "v": new_v, "pos": pos + T}
+        return x, new_cache
+
+    def logits(self, h, *, padded: bool = False):
+        """(B, T, C) hidden states -> float32 logits (B, T, vocab_size), or (B, T, padded_vocab) if padded.
+
+        Padded columns (extra tokens and rounding) are set to a large negative number, so they are never
+        sampled and carry no probability in the loss.
+        """
+        cfg = self.cfg
+        if cfg.tie_embeddings:
+            logits = h @ self.wte.astype(h.dtype).T  # (B, T, V)
+        else:
+            logits = self.lm_head(h)
+        logits = logits.astype(jnp.float32)
+        if padded:
+            return jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits, _NEG_INF)
+        return logits[..., : cfg.vocab_size]
+
+    def __call__(self, ids, *, train: bool = False, cache: Optional[Cache] = None, padded: bool = False,
+                 return_hidden: bool = False):
+        """ids (B, T) int32 -> logits (B, T, vocab_size); with a cache: (logits, new_cache).
+
+        return_hidden=True adds the final hidden states (B, T, C) as the last output.
+        """
+        h, new_cache = self.hidden(ids, train=train, cache=cache)
+        logits = self.logits(h, padded=padded)
+        out = (logits,) if cache is None else (logits, new_cache)
+        if return_hidden:
+            out = out + (h,)
+        return out[0] if len(out) == 1 else out
+
+
+def init_params(cfg: ModelConfig, rng) -> dict:
+    """Fresh parameters (float32), drawn from `rng`."""
+    ids = jnp.zeros((1, min(8, cfg.block_size)), jnp.int32)
+    return GPT(cfg).init({"params": rng}, ids)["params"]
+
+
+def count_params(params, *, exclude_positions: bool = False) -> int:
+    n = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    if exclude_positions:
+        n -= params["wpe"].size
+    return int(n)

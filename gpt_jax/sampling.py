@@ -1,0 +1,242 @@
+"""Text generation with a KV cache: the prompt is prefilled once, then one token per step inside a jitted
+`lax.while_loop`, the cache an explicit pytree carried through the loop. Nothing recompiles per token: one
+compile per (batch size, prompt-length bucket, total-length bucket, sampling settings).
+
+The sampler only needs `logits_fn(params, ids (B, T), cache) -> (logits (B, T, V), cache)` and
+`make_cache(batch, length) -> cache`, so it can be tested with a stub model.
+
+Generating past the model's context: when the cache is full, it is rebuilt from the last half-context of
+tokens (one prefill over `cache_len` tokens, then half a context of cheap steps), inside the same loop.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BUCKET = 64  # prompt and buffer lengths are rounded up to this, so similar lengths share one compile
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+class SamplingError(ValueError):
+    """A prompt or setting the sampler cannot use."""
+
+
+def sample_logits(logits, rng, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+    """logits (B, V) float32 -> token ids (B,) int32. temperature 0 = greedy; top_k 0 / top_p 1 = off."""
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # (B, 1): the k-th largest logit
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        desc = jnp.sort(logits, axis=-1)[:, ::-1]  # (B, V)
+        probs = jax.nn.softmax(desc, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # probability mass strictly above each token
+        keep = before < top_p  # the smallest set reaching top_p (never empty: the first has 0 before it)
+        threshold = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+class Sampler:
+    def __init__(self, logits_fn: Callable, make_cache: Callable, block_size: int, eos_id: Optional[int] = None):
+        self.logits_fn, self.make_cache = logits_fn, make_cache
+        self.block_size, self.eos_id = block_size, eos_id
+        self._jitted: dict = {}
+        self.traces = 0  # how many times a step function was traced (compiled); tests check it stays flat
+
+    # ------------------------------------------------------------------------------------ pure pieces
+
+    def _prefill(self, params, prompt, n, key, *, total: int, cache_len: int, settings):
+        """prompt (B, P) right-padded with n real tokens -> the decode state."""
+        self.traces += 1
+        B, P = prompt.shape
+        cache = self.make_cache(B, cache_len)
+        logits, cache = self.logits_fn(params, prompt, cache)  # (B, P, V); writes positions [0, P)
+        cache["pos"] = n  # positions >= n hold padding; they are overwritten before anyone attends to them
+        last = jax.lax.dynamic_index_in_dim(logits, n - 1, axis=1, keepdims=False)  # (B, V)
+        tokens = jnp.zeros((B, total + cache_len), jnp.int32)  # + cache_len: room for the refill window
+        tokens = jax.lax.dynamic_update_slice(tokens, prompt[:, : min(P, total)], (0, 0))
+        return {"cache": cache, "tokens": tokens, "n": n, "logits": last, "rng": key,
+                "done": jnp.zeros((B,), bool)}
+
+    def _decode(self, params, state, until, *, cache_len: int, settings):
+        """Generates tokens into state["tokens"] until n == until or every row has emitted eos."""
+        self.traces += 1
+        temperature, top_k, top_p = settings
+        keep = cache_len // 2
+
+        def cond(s):
+            return (s["n"] < until) & ~jnp.all(s["done"])
+
+        def refill(s, tok):  # cache full: rebuild it from the last `keep` tokens (incl. the new one)
+            window = jax.lax.dynamic_slice_in_dim(s["tokens"], s["n"] + 1 - keep, cache_len, axis=1)
+            logits, cache = self.logits_fn(params, window, self.make_cache(tok.shape[0], cache_len))
+            cache["pos"] = jnp.asarray(keep, jnp.int32)
+            return logits[:, keep - 1], cache
+
+        def step(s, tok):
+            logits, cache = self.logits_fn(params, tok[:, None], s["cache"])  # (B, 1, V)
+            return logits[:, 0], cache
+
+        def body(s):
+            rng, key = jax.random.split(s["rng"])
+            tok = sample_logits(s["logits"], key, temperature, top_k, top_p)  # (B,)
+            if self.eos_id is not None:
+                tok = jnp.where(s["done"], self.eos_id, tok)
+                done = s["done"] | (tok == self.eos_id)
+            else:
+                done = s["done"]
+            tokens = jax.lax.dynamic_update_slice(s["tokens"], tok[:, None], (0, s["n"]))
+            s = dict(s, tokens=tokens, rng=rng, done=done)
+            logits, cache = jax.lax.cond(s["cache"]["pos"] >= cache_len, refill, step, s, tok)
+            return dict(s, n=s["n"] + 1, logits=logits, cache=cache)
+
+        return jax.lax.while_loop(cond, body, state)
+
+    # ------------------------------------------------------------------------------------ driver
+
+    def _fns(self, B, P, total, cache_len, settings):
+        key = (B, P, total, cache_len, settings)
+        if key not in self._jitted:
+            self._jitted[key] = (
+                jax.jit(partial(self._prefill, total=total, cache_len=cache_len, settings=settings)),
+                jax.jit(partial(self._decode, cache_len=cache_len, settings=settings), donate_argnums=1),
+            )
+        return self._jitted[key]
+
+    def stream(self, params, prompt_ids, rng, *, max_new_tokens: int, num_samples: int = 1,
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               chunk: Optional[int] = None) -> Iterator[np.ndarray]:
+        """Yields the new tokens (num_samples, k) chunk by chunk (`chunk` tokens per device call; None: all at
+        once). Rows that emitted eos are padded with eos afterwards."""
+        P = len(prompt_ids)
+        if P == 0:
+            raise SamplingError("empty prompt: pass some text with --prompt=TEXT or --prompt_file=FILE")
+        if P >= self.block_size:
+            raise SamplingError(f"prompt is {P} tokens, the model's context is {self.block_size}: shorten the "
+                                f"prompt to at most {self.block_size - 1} tokens")
+        if max_new_tokens < 1:
+            raise SamplingError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
+            raise SamplingError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+        P_b = min(_round_up(P, BUCKET), self.block_size)
+        total = _round_up(P + max_new_tokens, BUCKET)
+        cache_len = min(self.block_size, total)
+        settings = (float(temperature), int(top_k), float(top_p))
+        prefill, decode = self._fns(num_samples, P_b, total, cache_len, settings)
+        prompt = np.zeros((num_samples, P_b), np.int32)
+        prompt[:, :P] = prompt_ids
+        state = prefill(params, jnp.asarray(prompt), jnp.asarray(P, jnp.int32), rng)
+        n, end = P, P + max_new_tokens
+        while n < end:
+            until = end if chunk is None else min(end, n + chunk)
+            state = decode(params, state, jnp.asarray(until, jnp.int32))
+            new_n = int(state["n"])
+            yield np.asarray(state["tokens"][:, n:new_n])
+            if new_n < until:  # every row hit eos
+                return
+            n = new_n
+
+    def generate(self, params, prompt_ids, rng, **kw) -> np.ndarray:
+        """All new tokens at once: (num_samples, <= max_new_tokens) int32."""
+        parts = list(self.stream(params, prompt_ids, rng, **kw))
+        return np.concatenate(parts, axis=1) if parts else np.zeros((kw.get("num_samples", 1), 0), np.int32)
+
+
+def model_sampler(model, eos_id: Optional[int] = None) -> Sampler:
+    """A Sampler over a `gpt_jax.model.GPT`."""
+    from gpt_jax.model import init_cache
+
+    cfg = model.cfg
+
+    def logits_fn(params, ids, cache):
+        return model.apply({"params": params}, ids, cache=cache)
+
+    return Sampler(logits_fn, lambda b, n: init_cache(cfg, b, n), cfg.block_size, eos_id)
+
+
+def run_sampling(*, workdir=None, init_from=None, prompt=None, prompt_file=None, max_new_tokens=None,
+                 temperature=None, top_k=None, top_p=None, num_samples=1, seed=0, out=None) -> list[str]:
+    """sample.py's job: load a run (or pretrained weights), encode the prompt, stream the completion to `out`.
+
+    Returns the generated texts (without the prompt)."""
+    import codecs
+    import sys
+
+    from gpt_jax import tokenizer as tok_lib
+    from gpt_jax.config import default_config
+    from gpt_jax.model import GPT
+
+    out = sys.stdout if out is None else out
+    if bool(workdir) == bool(init_from):
+        raise SamplingError("pass exactly one of --workdir=RUN_FOLDER or --init_from=MODEL")
+    defaults = default_config().sample.to_dict()
+    if init_from:
+        from gpt_jax import pretrained
+
+        model, params, tokenizer = pretrained.load(init_from, with_tokenizer=True)
+        cfg = model.cfg
+        if tokenizer is None:
+            raise SamplingError(f"{init_from} has no tokenizer files this project can read; "
+                                "put its tokenizer.json in the folder")
+    else:
+        from gpt_jax.checkpoint import load_params
+
+        cfg, meta, params = load_params(workdir)
+        tokenizer = tok_lib.from_meta(meta["tokenizer"])
+        defaults.update(meta.get("config", {}).get("sample", {}))
+    if prompt_file:
+        try:
+            with open(prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        except OSError as e:
+            raise SamplingError(f"cannot read --prompt_file {prompt_file}: {e.strerror}") from None
+    prompt = defaults["prompt"] if prompt is None else prompt
+    pick = lambda v, k: defaults[k] if v is None else v
+    ids = tokenizer.encode(prompt)
+    sampler = model_sampler(GPT(cfg), tokenizer.eot_id)
+    if num_samples < 1:
+        raise SamplingError(f"num_samples must be at least 1, got {num_samples}")
+    stream = sampler.stream(params, ids, jax.random.PRNGKey(seed), max_new_tokens=pick(max_new_tokens,
+                            "max_new_tokens"), num_samples=num_samples, temperature=pick(temperature, "temperature"),
+                            top_k=pick(top_k, "top_k"), top_p=pick(top_p, "top_p"),
+                            chunk=8 if num_samples == 1 else None)
+    eos = tokenizer.eot_id
+    rows = [[] for _ in range(num_samples)]
+    live = num_samples == 1  # one sample streams as it is generated; several print when done
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # never splits a multi-byte character
+    if live:
+        out.write(prompt)
+        out.flush()
+    for chunk in stream:
+        for r, row in enumerate(chunk):
+            for t in row.tolist():
+                if eos is not None and (t == eos or (rows[r] and rows[r][-1] == eos)):
+                    if not rows[r] or rows[r][-1] != eos:
+                        rows[r].append(t)
+                    continue
+                rows[r].append(t)
+                if live:
+                    out.write(decoder.decode(tokenizer.decode_bytes([t])))
+        if live:
+            out.flush()
+    texts = []
+    for r, row in enumerate(rows):
+        row = [t for t in row if t != eos]
+        texts.append(tokenizer.decode(row))
+        if live:
+            out.write(decoder.decode(b"", final=True) + "\n")
+        else:
+            out.write(f"---------- sample {r + 1}\n{prompt}{texts[-1]}\n")
+    out.flush()
+    return texts

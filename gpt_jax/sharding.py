@@ -1,0 +1,35 @@
+"""Device mesh and shardings: data parallel over every device (1 CPU, 8 simulated CPUs, a TPU/GPU slice).
+
+Parameters and optimizer state are replicated; batches are split along their first axis over the "data" axis.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def make_mesh(devices=None) -> Mesh:
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ValueError(f"{what}={batch_size} is not divisible by the {n} devices of the mesh; "
+                         f"use a multiple of {n}")
+
+
+def put_batch(batch: dict, mesh: Mesh) -> dict:
+    """Host numpy batch -> global arrays sharded along the batch axis."""
+    return jax.device_put(batch, batch_sharding(mesh))

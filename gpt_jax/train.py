@@ -1,0 +1,291 @@
+"""Optimizer, train state, the pure loss / train / eval steps, and the training loop.
+
+`train_step(state, batch) -> (state, metrics)` is one jitted function with the state donated, sharded over a
+data-parallel mesh. Dropout keys are `fold_in(state.rng, step)`; batches are a function of (seed, step), so a
+run resumed from the checkpoint at step s continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from functools import partial
+from typing import Any, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gpt_jax import checkpoint as ckpt_lib
+from gpt_jax import data as data_lib
+from gpt_jax import metrics as metrics_lib
+from gpt_jax import sharding as shard_lib
+from gpt_jax.config import ModelConfig, model_config
+from gpt_jax.model import GPT, count_params, init_params
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 (): optimizer steps taken
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32 (2,): base key; the dropout key of step s is fold_in(rng, s)
+
+
+# ----------------------------------------------------------------------------------------- optimizer
+
+
+def decay_mask(params):
+    """Weight decay on matrices (dense kernels and embedding tables), none on biases and LayerNorm gains/biases:
+    the GPT-1 paper's "all non bias or gain weights"."""
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make_schedule(optim, max_steps: int):
+    lr, warmup = float(optim.learning_rate), int(optim.warmup_steps)
+    if optim.schedule == "cosine":  # linear warmup from 0, cosine to min_lr at max_steps
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(max_steps, warmup + 1),
+                                                  end_value=float(optim.min_learning_rate))
+    if optim.schedule == "linear":  # linear warmup from 0, linear decay to 0 at max_steps
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)),
+                                     optax.linear_schedule(lr, 0.0, max(max_steps - warmup, 1))], [max(warmup, 1)])
+    if optim.schedule == "constant":
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)],
+                                    [max(warmup, 1)])
+    raise ValueError(f"unknown optim.schedule {optim.schedule!r}; use 'cosine', 'linear' or 'constant'")
+
+
+def make_optimizer(optim, max_steps: int):
+    schedule = make_schedule(optim, max_steps)
+    parts = []
+    if optim.grad_clip:
+        parts.append(optax.clip_by_global_norm(float(optim.grad_clip)))
+    parts.append(optax.adamw(schedule, b1=float(optim.beta1), b2=float(optim.beta2), eps=float(optim.eps),
+                             weight_decay=float(optim.weight_decay), mask=decay_mask))
+    return optax.chain(*parts), schedule
+
+
+# ----------------------------------------------------------------------------------------- steps
+
+
+def cross_entropy(logits, targets):
+    """Per-token -log p(target): logits (..., V) float32, targets (...) int32 -> (...)."""
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return lse - picked
+
+
+def loss_fn(params, model: GPT, batch, rng=None, train: bool = False):
+    """Mean next-token negative log-likelihood (nats/token) over the batch; padded vocab columns carry no mass."""
+    rngs = {"dropout": rng} if train else None
+    logits = model.apply({"params": params}, batch["inputs"], train=train, padded=True, rngs=rngs)  # (B, T, V)
+    return cross_entropy(logits, batch["targets"]).mean()
+
+
+def make_train_step(model: GPT, tx, mesh, grad_accum_steps: int = 1, schedule=None):
+    """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated."""
+    A = int(grad_accum_steps)
+    repl, data = shard_lib.replicated(mesh), shard_lib.batch_sharding(mesh)
+
+    def train_step(state: TrainState, batch):
+        key = jax.random.fold_in(state.rng, state.step)
+        grad_fn = jax.value_and_grad(partial(loss_fn, model=model, train=True))
+        if A == 1:
+            loss, grads = grad_fn(state.params, batch=batch, rng=key)
+        else:
+            # microbatch i takes rows i, i + A, i + 2A, ...: every device keeps its own rows (no resharding)
+            micro = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x.reshape(-1, A, *x.shape[1:]), 0, 1), batch)
+
+            def body(carry, xs):
+                i, mb = xs
+                l, g = grad_fn(state.params, batch=mb, rng=jax.random.fold_in(key, i))
+                return jax.tree_util.tree_map(jnp.add, carry, (l, g)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, state.params))
+            (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(A), micro))
+            loss, grads = jax.tree_util.tree_map(lambda x: x / A, (loss, grads))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        if schedule is not None:
+            metrics["lr"] = schedule(state.step)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=0, in_shardings=(repl, data), out_shardings=(repl, repl))
+
+
+def make_eval_step(model: GPT, mesh):
+    """Jitted `eval_step(params, batch) -> (sum of weighted token losses, number of weighted tokens)`."""
+    repl, data = shard_lib.replicated(mesh), shard_lib.batch_sharding(mesh)
+
+    def eval_step(params, batch):
+        logits = model.apply({"params": params}, batch["inputs"], padded=True)
+        losses = cross_entropy(logits, batch["targets"])  # (B, T)
+        w = batch["weights"][:, None] * jnp.ones_like(losses)
+        return (losses * w).sum(), w.sum()
+
+    return jax.jit(eval_step, in_shardings=(repl, data), out_shardings=(repl, repl))
+
+
+def evaluate(eval_step, params, batches, mesh) -> float:
+    total, count = 0.0, 0.0
+    for b in batches:
+        s, n = eval_step(params, shard_lib.put_batch(b, mesh))
+        total, count = total + float(s), count + float(n)
+    return total / max(count, 1.0)
+
+
+def init_state(model_cfg: ModelConfig, tx, seed: int, mesh, params=None) -> TrainState:
+    """A fresh state (params drawn from `seed` unless given), replicated over the mesh."""
+    key = jax.random.PRNGKey(seed)
+    init_key, rng = jax.random.split(key)
+
+    def make(params):
+        if params is None:
+            params = init_params(model_cfg, init_key)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
+
+    return jax.jit(make, out_shardings=shard_lib.replicated(mesh))(params)
+
+
+# ----------------------------------------------------------------------------------------- loop
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_meta(config, model_cfg: ModelConfig, tokenizer) -> dict:
+    return {"model": model_cfg.to_dict(), "tokenizer": tokenizer.meta(), "config": config.to_dict()}
+
+
+def _setup_model_and_data(config, workdir: str):
+    """Tokenized data, tokenizer, model config and (for init_from) pretrained params."""
+    init_params_ = None
+    model_dict = config.model.to_dict()
+    if config.train.get("init_from"):
+        from gpt_jax import pretrained
+
+        pmodel, init_params_, tokenizer = pretrained.load(config.train.init_from, with_tokenizer=True)
+        if tokenizer is None:
+            raise ValueError(f"{config.train.init_from} has no tokenizer files this project can read; "
+                             "put its tokenizer.json in the folder")
+        # architecture from the weights; dropout (and compute dtype) from this run's config
+        model_dict = pmodel.cfg.replace(dropout=float(config.model.dropout), dtype=config.model.dtype).to_dict()
+        train_tokens, val_tokens, tokenizer = data_lib.prepare(config.data, os.path.join(workdir, "data"),
+                                                               tokenizer)
+    else:
+        train_tokens, val_tokens, tokenizer = data_lib.prepare(config.data, os.path.join(workdir, "data"))
+        if not model_dict.get("vocab_size"):
+            model_dict["vocab_size"] = tokenizer.vocab_size
+        elif model_dict["vocab_size"] < tokenizer.vocab_size:
+            raise ValueError(f"model.vocab_size={model_dict['vocab_size']} is smaller than the tokenizer's "
+                             f"{tokenizer.vocab_size}; set --config.model.vocab_size=0 to take it from the data")
+    return train_tokens, val_tokens, tokenizer, ModelConfig.from_dict(model_dict), init_params_
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains (resuming from WORKDIR's newest checkpoint if there is one); returns the final metrics."""
+    t_start = time.time()
+    tc = config.train
+    os.makedirs(workdir, exist_ok=True)
+    train_tokens, val_tokens, tokenizer, model_cfg, pretrained_params = _setup_model_and_data(config, workdir)
+    mesh = shard_lib.make_mesh()
+    shard_lib.check_batch_size(int(tc.batch_size), mesh)
+    if int(tc.batch_size) % (int(tc.grad_accum_steps) * mesh.devices.size):
+        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by train.grad_accum_steps="
+                         f"{tc.grad_accum_steps} x {mesh.devices.size} devices")
+    max_steps = int(tc.max_steps)
+    model = GPT(model_cfg)
+    tx, schedule = make_optimizer(config.optim, max_steps)
+    meta = run_meta(config, model_cfg, tokenizer)
+
+    ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=int(tc.max_to_keep) or None)
+    latest = ckpt.latest_step()
+    state = init_state(model_cfg, tx, int(config.seed), mesh, pretrained_params)
+    writer = metrics_lib.MetricsWriter(workdir, tensorboard=bool(tc.tensorboard))
+    if latest is not None:
+        saved = ckpt.read_meta(latest)
+        if saved.get("model") != model_cfg.to_dict():
+            raise ValueError(f"{workdir} holds a run with another model config; use a new --workdir "
+                             "or the same config to resume")
+        abstract = {"params": ckpt_lib.abstract_like(state.params, shard_lib.replicated(mesh)),
+                    "opt_state": ckpt_lib.abstract_like(state.opt_state, shard_lib.replicated(mesh)),
+                    "train": ckpt_lib.abstract_like({"step": state.step, "rng": state.rng},
+                                                    shard_lib.replicated(mesh))}
+        restored = ckpt.restore(latest, abstract)
+        state = TrainState(step=restored["train"]["step"], params=restored["params"],
+                           opt_state=restored["opt_state"], rng=restored["train"]["rng"])
+        writer.truncate_after(latest)
+        _log(f"resumed from {ckpt.directory} at step {latest}")
+    ckpt_lib.write_json(os.path.join(workdir, "config.json"), meta)
+
+    n_params = count_params(state.params, exclude_positions=True)
+    T, B = model_cfg.block_size, int(tc.batch_size)
+    fpt = metrics_lib.flops_per_token(model_cfg, n_params, T)
+    peak = metrics_lib.device_peak_flops(float(tc.peak_flops))
+    _log(f"model: {count_params(state.params) / 1e6:.2f}M parameters ({model_cfg.norm_position}-LN, "
+         f"{model_cfg.n_layer} layers, d {model_cfg.d_model}, context {T}); data: {len(train_tokens):,} train / "
+         f"{len(val_tokens):,} val tokens ({tokenizer.name}); {mesh.devices.size} x {jax.devices()[0].platform}")
+
+    train_step = make_train_step(model, tx, mesh, int(tc.grad_accum_steps), schedule)
+    eval_step = make_eval_step(model, mesh)
+    batches = data_lib.Batches(train_tokens, T, B, int(config.seed))
+    val_batches = data_lib.eval_batches(val_tokens, T, int(tc.eval_batch_size), int(tc.eval_max_windows))
+
+    start = int(jax.device_get(state.step))
+    result = {"step": start}
+    if start >= max_steps:
+        _log(f"{workdir} already finished at step {start}; evaluating the final checkpoint")
+    from tqdm import tqdm
+
+    bar = tqdm(total=max_steps, initial=start, disable=not tc.progress_bar, dynamic_ncols=True, file=sys.stderr)
+    t_log, step_log = time.time(), start
+    val_loss = None
+    step = start
+    try:
+        for step in range(start + 1, max_steps + 1):
+            state, m = train_step(state, shard_lib.put_batch(batches(step - 1), mesh))
+            if step % int(tc.log_every) == 0 or step == max_steps:
+                m = jax.device_get(m)
+                now = time.time()
+                tok_s = (step - step_log) * B * T / max(now - t_log, 1e-9)
+                t_log, step_log = now, step
+                mfu = fpt * tok_s / peak if peak else None
+                writer.write(step, train_loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
+                             tokens_per_sec=tok_s, mfu=mfu)
+                bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * (mfu or 0):.1f}%")
+                if not math.isfinite(float(m["loss"])):
+                    raise FloatingPointError(f"loss is {m['loss']} at step {step}; lower optim.learning_rate")
+            if (int(tc.eval_every) and step % int(tc.eval_every) == 0) or step == max_steps:
+                val_loss = evaluate(eval_step, state.params, val_batches, mesh)
+                writer.write(step, val_loss=val_loss)
+                bar.write(f"step {step}: val loss {val_loss:.4f}", file=sys.stderr)
+                t_log = time.time()  # evaluation time is not training throughput
+            if (int(tc.checkpoint_every) and step % int(tc.checkpoint_every) == 0) or step == max_steps:
+                ckpt.save(step, state.params, state.opt_state, {"step": state.step, "rng": state.rng}, meta)
+            bar.update(1)
+    except KeyboardInterrupt:
+        done = int(jax.device_get(state.step))
+        if done > start and ckpt.latest_step() != done:
+            ckpt.save(done, state.params, state.opt_state, {"step": state.step, "rng": state.rng}, meta)
+        ckpt.wait()
+        _log(f"\ninterrupted at step {done}; checkpoint saved, rerun the same command to resume")
+        raise
+    finally:
+        bar.close()
+    if start >= max_steps:
+        val_loss = evaluate(eval_step, state.params, val_batches, mesh)
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    if os.path.exists(writer.path):
+        metrics_lib.plot_losses(writer.path, os.path.join(workdir, "loss.png"))
+    result.update(step=max(step, start), val_loss=val_loss, wall_s=time.time() - t_start)
+    print(f"final val loss {val_loss:.4f} at step {result['step']} ({result['wall_s']:.0f} s); run in {workdir}",
+          flush=True)
+    return result

@@ -1,0 +1,30 @@
+"""Train a GPT: python train.py --config=configs/shakespeare_char.py [--workdir=runs/x] [--config.train.max_steps=N]
+
+Rerunning the same command resumes from the newest checkpoint in the workdir.
+"""
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from gpt_jax.cli import run_main, setup_jax
+
+config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/gpt1.py", lock_config=True)
+flags.DEFINE_string("workdir", None, "run folder (checkpoints, logs, data cache); default runs/<config name>")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments {argv[1:]}; flags look like --config.train.max_steps=100")
+    setup_jax()
+    from gpt_jax.train import train_and_evaluate
+
+    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
+    train_and_evaluate(FLAGS.config, FLAGS.workdir or os.path.join("runs", name))
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: run_main(main, argv))
