@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Mapping
 
 NORM_POSITIONS = ("pre", "post")
+ACTIVATIONS = ("gelu_tanh", "gelu")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -21,12 +22,15 @@ class ModelConfig:
     norm_position: str = "post"  # "post": GPT-1 (LN after each residual add), "pre": GPT-2 (+ final LN)
     tie_embeddings: bool = True  # logits = h @ wte.T
     ln_eps: float = 1e-5  # LayerNorm epsilon (GPT-1 and GPT-2 both use 1e-5)
+    activation: str = "gelu_tanh"  # "gelu_tanh" (GPT-1/2 papers, HF "gelu_new") or "gelu" (exact erf, HF openai-gpt)
     extra_tokens: int = 0  # learned ids after the vocab (fine-tuning's start/delim/extract); never predicted
     dtype: str = "float32"  # compute dtype; parameters stay float32
 
     def __post_init__(self):
         if self.norm_position not in NORM_POSITIONS:
             raise ValueError(f"model.norm_position must be one of {NORM_POSITIONS}, got {self.norm_position!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.d_model % self.n_head:

@@ -90,7 +90,7 @@ class MLP(nn.Module):
     def __call__(self, x, *, train: bool):  # (B, T, C) -> (B, T, C)
         cfg = self.cfg
         h = nn.Dense(cfg.d_ff, dtype=_dtype(cfg), kernel_init=_init(0.02), name="c_fc")(x)  # (B, T, F)
-        h = jax.nn.gelu(h, approximate=True)  # tanh GELU, as GPT-1/2
+        h = jax.nn.gelu(h, approximate=cfg.activation == "gelu_tanh")  # tanh GELU, as GPT-1/2
         h = nn.Dense(cfg.d_model, dtype=_dtype(cfg), kernel_init=_init(0.02 / math.sqrt(2 * cfg.n_layer)),
                      name="c_proj")(h)
         return nn.Dropout(cfg.dropout)(h, deterministic=not train)
