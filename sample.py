@@ -6,9 +6,9 @@
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from gpt_jax.cli import run_main, setup_jax
+from gpt_jax.cli import setup_jax, start
 
 flags.DEFINE_string("workdir", None, "a training run's folder (its newest checkpoint is used)")
 flags.DEFINE_string("init_from", None, "instead of --workdir: gpt2, gpt2-medium, gpt2-large, gpt2-xl, openai-gpt "
@@ -37,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: run_main(main, argv))
+    start(main)

@@ -5,10 +5,10 @@ Rerunning the same command resumes from the newest checkpoint in the workdir.
 
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from gpt_jax.cli import run_main, setup_jax
+from gpt_jax.cli import setup_jax, start
 
 config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/gpt1.py", lock_config=True)
 flags.DEFINE_string("workdir", None, "run folder (checkpoints, logs, data cache); default runs/<config name>")
@@ -27,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: run_main(main, argv))
+    start(main)

@@ -6,7 +6,7 @@ import os
 import sys
 
 # Errors a user can fix: reported as one line, exit status 2, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+USER_ERRORS = (ValueError, OSError, RuntimeError)
 
 
 def setup_jax() -> None:
@@ -19,10 +19,42 @@ def setup_jax() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def parse_flags(argv):
+    """absl flag parsing, with a bad flag, config file or config key reported as one line (exit 2)."""
+    from absl import flags
+
+    try:
+        argv = flags.FLAGS(argv)
+        if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+            from ml_collections import config_flags
+
+            path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"config file {path} not found; the configs are in configs/*.py")
+            flags.FLAGS.config  # loads the file and applies the --config.x.y overrides now
+        return argv
+    except Exception as e:  # absl's flags.Error, and whatever a config file or an override raises
+        msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split()).strip("'\"") or type(e).__name__
+        if isinstance(e, (AttributeError, KeyError)):  # ConfigDict's answer to a misspelt --config.x.y
+            import re
+
+            m = re.search(r"(\w+)'?\s*(Did you mean.*)?$", msg)
+            msg = f"unknown config key '{m.group(1)}'" + (f"; {m.group(2)}" if m and m.group(2) else "")
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+def start(main) -> None:
+    """Entry point of a CLI: parse flags, run `main(argv)`, turn user errors into one line and exit 2."""
+    from absl import app
+
+    app.run(lambda argv: run_main(main, argv), flags_parser=parse_flags)
+
+
 def run_main(main, argv) -> None:
     from absl import logging
 
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
+    logging.set_verbosity(logging.ERROR)  # Orbax logs every save step at INFO, read-only opens at WARNING
     try:
         main(argv)
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ class ModelConfig:
     norm_position: str = "post"  # "post": GPT-1 (LN after each residual add), "pre": GPT-2 (+ final LN)
     tie_embeddings: bool = True  # logits = h @ wte.T
     ln_eps: float = 1e-5  # LayerNorm epsilon (GPT-1 and GPT-2 both use 1e-5)
-    activation: str = "gelu_tanh"  # "gelu_tanh" (GPT-1/2 papers, HF "gelu_new") or "gelu" (exact erf, HF openai-gpt)
+    activation: str = "gelu_tanh"  # "gelu_tanh" (GPT-1/2; HF gelu_new and openai-gpt) or "gelu" (exact erf)
     extra_tokens: int = 0  # learned ids after the vocab (fine-tuning's start/delim/extract); never predicted
     dtype: str = "float32"  # compute dtype; parameters stay float32
 

@@ -118,15 +118,16 @@ class Sampler:
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                chunk: Optional[int] = None) -> Iterator[np.ndarray]:
         """Yields the new tokens (num_samples, k) chunk by chunk (`chunk` tokens per device call; None: all at
-        once). Rows that emitted eos are padded with eos afterwards."""
+        once). Rows that emitted eos are padded with eos afterwards. Bad requests raise here, not on iteration."""
         P = len(prompt_ids)
         if P == 0:
             raise SamplingError("empty prompt: pass some text with --prompt=TEXT or --prompt_file=FILE")
         if P >= self.block_size:
             raise SamplingError(f"prompt is {P} tokens, the model's context is {self.block_size}: shorten the "
                                 f"prompt to at most {self.block_size - 1} tokens")
-        if max_new_tokens < 1:
-            raise SamplingError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if max_new_tokens < 1 or num_samples < 1:
+            raise SamplingError(f"need max_new_tokens >= 1 and num_samples >= 1, got {max_new_tokens} and "
+                                f"{num_samples}")
         if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
             raise SamplingError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
         P_b = min(_round_up(P, BUCKET), self.block_size)
@@ -136,8 +137,11 @@ class Sampler:
         prefill, decode = self._fns(num_samples, P_b, total, cache_len, settings)
         prompt = np.zeros((num_samples, P_b), np.int32)
         prompt[:, :P] = prompt_ids
-        state = prefill(params, jnp.asarray(prompt), jnp.asarray(P, jnp.int32), rng)
-        n, end = P, P + max_new_tokens
+        return self._chunks(decode, prefill(params, jnp.asarray(prompt), jnp.asarray(P, jnp.int32), rng),
+                            params, P, P + max_new_tokens, chunk)
+
+    @staticmethod
+    def _chunks(decode, state, params, n, end, chunk):
         while n < end:
             until = end if chunk is None else min(end, n + chunk)
             state = decode(params, state, jnp.asarray(until, jnp.int32))
@@ -170,7 +174,6 @@ def run_sampling(*, workdir=None, init_from=None, prompt=None, prompt_file=None,
     """sample.py's job: load a run (or pretrained weights), encode the prompt, stream the completion to `out`.
 
     Returns the generated texts (without the prompt)."""
-    import codecs
     import sys
 
     from gpt_jax import tokenizer as tok_lib
@@ -205,8 +208,6 @@ def run_sampling(*, workdir=None, init_from=None, prompt=None, prompt_file=None,
     pick = lambda v, k: defaults[k] if v is None else v
     ids = tokenizer.encode(prompt)
     sampler = model_sampler(GPT(cfg), tokenizer.eot_id)
-    if num_samples < 1:
-        raise SamplingError(f"num_samples must be at least 1, got {num_samples}")
     stream = sampler.stream(params, ids, jax.random.PRNGKey(seed), max_new_tokens=pick(max_new_tokens,
                             "max_new_tokens"), num_samples=num_samples, temperature=pick(temperature, "temperature"),
                             top_k=pick(top_k, "top_k"), top_p=pick(top_p, "top_p"),
@@ -214,29 +215,26 @@ def run_sampling(*, workdir=None, init_from=None, prompt=None, prompt_file=None,
     eos = tokenizer.eot_id
     rows = [[] for _ in range(num_samples)]
     live = num_samples == 1  # one sample streams as it is generated; several print when done
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # never splits a multi-byte character
+    # Streaming decodes prompt + tokens so far and prints what is new: a word's leading space may belong to
+    # the previous token (openai-gpt's BPE), and a multi-byte character may span tokens (held back until whole).
+    base, shown = tokenizer.decode(ids), 0
     if live:
         out.write(prompt)
         out.flush()
     for chunk in stream:
         for r, row in enumerate(chunk):
-            for t in row.tolist():
-                if eos is not None and (t == eos or (rows[r] and rows[r][-1] == eos)):
-                    if not rows[r] or rows[r][-1] != eos:
-                        rows[r].append(t)
-                    continue
-                rows[r].append(t)
-                if live:
-                    out.write(decoder.decode(tokenizer.decode_bytes([t])))
+            rows[r].extend(t for t in row.tolist() if t != eos)
         if live:
+            text = tokenizer.decode(ids + rows[0])[len(base):]
+            stable = len(text.rstrip("\ufffd"))
+            out.write(text[shown:stable])
             out.flush()
-    texts = []
-    for r, row in enumerate(rows):
-        row = [t for t in row if t != eos]
-        texts.append(tokenizer.decode(row))
+            shown = stable
+    texts = [tokenizer.decode(ids + row)[len(base):] for row in rows]
+    for r, text in enumerate(texts):
         if live:
-            out.write(decoder.decode(b"", final=True) + "\n")
+            out.write(text[shown:] + "\n")
         else:
-            out.write(f"---------- sample {r + 1}\n{prompt}{texts[-1]}\n")
+            out.write(f"---------- sample {r + 1}\n{prompt}{text}\n")
     out.flush()
     return texts

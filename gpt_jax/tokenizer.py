@@ -132,34 +132,139 @@ class GPT2Tokenizer(Tokenizer):
 
 
 class HFTokenizer(Tokenizer):
-    """A Hugging Face `tokenizer.json` (e.g. openai-gpt's lower-cased BPE), through the `tokenizers` library."""
+    """A Hugging Face tokenizer (e.g. openai-gpt's lower-cased BPE), through the `tokenizers` library.
+
+    `path` is a `tokenizer.json`, or a model folder holding `tokenizer.json` or `vocab.json` + `merges.txt` (the
+    files older `transformers` wrote; "</w>" word-end tokens mean openai-gpt's BPE, else GPT-2's byte-level BPE).
+    `meta()` embeds the tokenizer's JSON, so `HFTokenizer.from_meta` rebuilds it where `path` no longer exists.
+    """
 
     name = "hf"
 
-    def __init__(self, path: str, eot_token: Optional[str] = None):
+    def __init__(self, path: Optional[str], eot_token: Optional[str] = None, *,
+                 tokenizer_json: Optional[str] = None):
         from tokenizers import Tokenizer as _T
+        from tokenizers.decoders import BPEDecoder, ByteLevel
 
-        if not os.path.isfile(path):
-            raise TokenizerError(f"tokenizer file {path} not found")
-        self.path = os.path.abspath(path)
-        self.tok = _T.from_file(self.path)
-        self.vocab_size = self.tok.get_vocab_size()
+        self.path = os.path.abspath(os.path.expanduser(path)) if path else None
+        if tokenizer_json is not None:
+            try:
+                self.tok = _T.from_str(tokenizer_json)
+            except Exception as e:
+                raise TokenizerError(f"saved tokenizer JSON cannot be read ({type(e).__name__}: {e})") from None
+        elif self.path is None:
+            raise TokenizerError("HFTokenizer needs a tokenizer.json path, a model folder or tokenizer_json")
+        else:
+            self.tok = self.load_files(self.path)
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
         self.eot_token = eot_token
-        self.eot_id = self.tok.token_to_id(eot_token) if eot_token else None
-        self.unk_id = self.tok.token_to_id("<unk>")
+        self.eot_id = None
+        if eot_token:
+            self.eot_id = self.tok.token_to_id(eot_token)
+            if self.eot_id is None:
+                raise TokenizerError(f"end-of-text token {eot_token!r} is not in the tokenizer's vocabulary")
+        unk = getattr(self.tok.model, "unk_token", None) or "<unk>"
+        self.unk_token = unk
+        self.unk_id = self.tok.token_to_id(unk)
+        # openai-gpt style: a word's last token ends with "</w>", which decodes to a space
+        self._suffix = self.tok.decoder.suffix if isinstance(self.tok.decoder, BPEDecoder) else None
+        # GPT-2 style byte-level BPE: each character of a token stands for one byte
+        self._byte_of = self._byte_table() if isinstance(self.tok.decoder, ByteLevel) else None
+
+    @staticmethod
+    def _byte_table() -> dict[str, int]:
+        """Byte-level BPE's character -> byte map: printable Latin-1 bytes are themselves, the other bytes are
+        chr(256), chr(257), ... in byte order."""
+        printable = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
+        others = [b for b in range(256) if b not in printable]
+        table = {chr(b): b for b in printable}
+        table.update({chr(256 + i): b for i, b in enumerate(others)})
+        return table
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "HFTokenizer":
+        return cls(meta.get("path"), meta.get("eot_token"), tokenizer_json=meta.get("tokenizer_json"))
 
     def encode(self, text: str) -> list[int]:
-        ids = self.tok.encode(text, add_special_tokens=False).ids
+        enc = self.tok.encode(text, add_special_tokens=False)
+        ids = enc.ids
         if self.unk_id is not None and self.unk_id in ids:
-            raise TokenizerError(f"text {text[:40]!r} has characters this model's tokenizer maps to <unk>; "
-                                 "rewrite it with characters the model knows")
+            bad = []
+            for i, (s, e) in zip(ids, enc.offsets):
+                if i == self.unk_id and text[s:e] not in bad:
+                    bad.append(text[s:e])
+            shown = ", ".join(repr(c) for c in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise TokenizerError(f"text {text[:40]!r} has characters this model's tokenizer cannot represent "
+                                 f"(they map to {self.unk_token}): {shown}; remove or replace them")
         return ids
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
-        return self.tok.decode([int(i) for i in ids]).encode("utf-8")
+        """Pieces that concatenate, so decoding token by token (streaming) gives the same text as decoding all at
+        once: byte-level BPE gives the tokens' exact bytes; with "</w>" word ends each word's last piece ends with
+        a space (`decode`, the library's own decode, drops the last one)."""
+        ids = [int(i) for i in ids]
+        if self._suffix:
+            n = len(self._suffix)
+            pieces = [self.tok.id_to_token(i) or "" for i in ids]
+            return "".join(p[:-n] + " " if p.endswith(self._suffix) else p for p in pieces).encode("utf-8")
+        if self._byte_of is not None:  # exact bytes: a character split over two tokens streams intact
+            text = "".join(self.tok.id_to_token(i) or "" for i in ids)
+            if all(c in self._byte_of for c in text):
+                return bytes(self._byte_of[c] for c in text)
+        return self.tok.decode(ids, skip_special_tokens=False).encode("utf-8")
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def meta(self) -> dict:
-        return {"name": "hf", "path": self.path, "eot_token": self.eot_token}
+        return {"name": "hf", "path": self.path, "eot_token": self.eot_token,
+                "tokenizer_json": self.tok.to_str()}
+
+    @staticmethod
+    def load_files(path: str):
+        """A `tokenizers.Tokenizer` from a tokenizer.json, or a folder with it or vocab.json + merges.txt."""
+        import json
+
+        from tokenizers import Tokenizer as _T
+        from tokenizers import decoders, normalizers, pre_tokenizers
+        from tokenizers.models import BPE
+
+        if os.path.isdir(path):
+            if os.path.isfile(os.path.join(path, "tokenizer.json")):
+                path = os.path.join(path, "tokenizer.json")
+            else:
+                vocab_file, merges_file = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
+                if not (os.path.isfile(vocab_file) and os.path.isfile(merges_file)):
+                    raise TokenizerError(f"{path} holds no tokenizer.json (nor vocab.json + merges.txt)")
+                try:
+                    with open(vocab_file, encoding="utf-8") as f:
+                        vocab = json.load(f)
+                    with open(merges_file, encoding="utf-8") as f:
+                        merges = [tuple(line.split(" ")) for line in f.read().splitlines()
+                                  if line and not line.startswith("#version")]
+                except (OSError, ValueError) as e:
+                    raise TokenizerError(f"cannot read the tokenizer files in {path}: {e}") from None
+                if any(len(m) != 2 for m in merges):
+                    raise TokenizerError(f"{merges_file} has lines that are not two space-separated tokens")
+                if any(t.endswith("</w>") for t in vocab):  # openai-gpt: lower-cased, BERT-style words, "</w>" ends
+                    unk = "<unk>" if "<unk>" in vocab else None
+                    tok = _T(BPE(vocab=vocab, merges=merges, unk_token=unk, end_of_word_suffix="</w>",
+                                 continuing_subword_prefix="", fuse_unk=False, dropout=None))
+                    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+                    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+                    tok.decoder = decoders.BPEDecoder(suffix="</w>")
+                else:  # GPT-2 style byte-level BPE
+                    tok = _T(BPE(vocab=vocab, merges=merges, fuse_unk=False, dropout=None))
+                    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+                    tok.decoder = decoders.ByteLevel()
+                return tok
+        if not os.path.isfile(path):
+            raise TokenizerError(f"tokenizer file {path} not found")
+        try:
+            return _T.from_file(path)
+        except Exception as e:
+            raise TokenizerError(f"{path} is not a tokenizer.json the tokenizers library can read "
+                                 f"({type(e).__name__}: {e})") from None
 
 
 def from_meta(meta: dict) -> Tokenizer:
@@ -169,5 +274,5 @@ def from_meta(meta: dict) -> Tokenizer:
     if name == "gpt2":
         return GPT2Tokenizer()
     if name == "hf":
-        return HFTokenizer(meta["path"], meta.get("eot_token"))
+        return HFTokenizer.from_meta(meta)
     raise TokenizerError(f"unknown tokenizer {name!r}; use 'char' or 'gpt2'")

@@ -110,7 +110,7 @@ def make_train_step(model: GPT, tx, mesh, grad_accum_steps: int = 1, schedule=No
             loss, grads = jax.tree_util.tree_map(lambda x: x / A, (loss, grads))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -1,0 +1,25 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+def run_cli(args, *, env=None, check=True, timeout=600, cwd=ROOT):
+    """Runs `python ARGS` in the repo root; returns the CompletedProcess (text output)."""
+    full_env = dict(os.environ)
+    full_env.setdefault("GPT_JAX_COMPILE_CACHE", "")
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"python {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def cli():
+    return run_cli

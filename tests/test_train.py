@@ -1,0 +1,124 @@
+import json
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt_jax import sharding as shard_lib
+from gpt_jax import train as train_lib
+from gpt_jax.config import ModelConfig, default_config
+from gpt_jax.model import GPT
+
+CFG = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, block_size=16, vocab_size=40, dropout=0.0)
+
+
+def optim(**kw):
+    o = default_config().optim
+    o.update(dict(learning_rate=1e-2, warmup_steps=2), **kw)
+    return o
+
+
+def batch(B=8, seed=0):
+    x = np.random.default_rng(seed).integers(0, CFG.vocab_size, (B, CFG.block_size + 1)).astype(np.int32)
+    return {"inputs": x[:, :-1], "targets": x[:, 1:]}
+
+
+def test_schedule_gpt1():
+    o = default_config().optim  # GPT-1: 2.5e-4, 2000 warmup steps, cosine to 0
+    sched = train_lib.make_schedule(o, 10_000)
+    assert float(sched(0)) == 0.0
+    np.testing.assert_allclose(float(sched(1000)), 1.25e-4, rtol=1e-5)
+    np.testing.assert_allclose(float(sched(2000)), 2.5e-4, rtol=1e-5)
+    np.testing.assert_allclose(float(sched(6000)), 1.25e-4, rtol=1e-4)  # half way down the cosine
+    assert float(sched(10_000)) < 1e-12
+    lin = train_lib.make_schedule(optim(schedule="linear", warmup_steps=10, learning_rate=1.0), 110)
+    np.testing.assert_allclose([float(lin(5)), float(lin(10)), float(lin(60)), float(lin(110))], [0.5, 1, 0.5, 0])
+
+
+def test_weight_decay_mask():
+    params = jax.eval_shape(lambda: train_lib.init_params(CFG.replace(norm_position="pre"), jax.random.PRNGKey(0)))
+    mask = train_lib.decay_mask(params)
+    assert mask["wte"] and mask["wpe"] and mask["h_0"]["attn"]["c_attn"]["kernel"]
+    assert not mask["h_0"]["attn"]["c_attn"]["bias"] and not mask["h_0"]["ln_1"]["scale"]
+    assert not mask["ln_f"]["bias"]
+
+
+def test_loss_matches_uniform_at_init_and_decreases():
+    mesh = shard_lib.make_mesh(jax.devices()[:1])
+    tx, sched = train_lib.make_optimizer(optim(), 100)
+    state = train_lib.init_state(CFG, tx, 0, mesh)
+    step = train_lib.make_train_step(GPT(CFG), tx, mesh, schedule=sched)
+    b = shard_lib.put_batch(batch(), mesh)
+    losses = []
+    for _ in range(30):
+        state, m = step(state, b)
+        losses.append(float(m["loss"]))
+    assert abs(losses[0] - np.log(CFG.vocab_size)) < 0.1  # padded vocab columns take no probability
+    assert losses[-1] < losses[0] - 1.0
+    assert int(state.step) == 30
+
+
+def test_grad_accumulation_equals_full_batch():
+    mesh = shard_lib.make_mesh(jax.devices()[:1])
+    tx, _ = train_lib.make_optimizer(optim(), 100)
+    b = batch()
+    out = []
+    for accum in (1, 4):
+        state = train_lib.init_state(CFG, tx, 0, mesh)
+        step = train_lib.make_train_step(GPT(CFG), tx, mesh, accum)
+        state, m = step(state, shard_lib.put_batch(b, mesh))
+        out.append((float(m["loss"]), float(m["grad_norm"]), state.params))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-5)
+    assert out[0][1] == pytest.approx(out[1][1], rel=1e-4)
+    diff = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), out[0][2], out[1][2])
+    assert max(jax.tree_util.tree_leaves(diff)) < 1e-6
+
+
+def test_eval_step_weights():
+    mesh = shard_lib.make_mesh(jax.devices()[:1])
+    tx, _ = train_lib.make_optimizer(optim(), 100)
+    state = train_lib.init_state(CFG, tx, 0, mesh)
+    ev = train_lib.make_eval_step(GPT(CFG), mesh)
+    b = batch(4)
+    full = train_lib.evaluate(ev, state.params, [dict(b, weights=np.ones(4, np.float32))], mesh)
+    half = train_lib.evaluate(ev, state.params, [dict(b, weights=np.asarray([1, 1, 0, 0], np.float32))], mesh)
+    first_two = train_lib.evaluate(ev, state.params, [{k: v[:2] for k, v in b.items()} | {
+        "weights": np.ones(2, np.float32)}], mesh)
+    assert half == pytest.approx(first_two, rel=1e-6) and half != pytest.approx(full, rel=1e-6)
+
+
+EIGHT_DEVICES = textwrap.dedent("""
+    import json, jax, numpy as np
+    from gpt_jax import sharding as shard_lib, train as train_lib
+    from gpt_jax.config import ModelConfig, default_config
+    from gpt_jax.model import GPT
+    assert len(jax.devices()) == 8, jax.devices()
+    cfg = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, block_size=16, vocab_size=40, dropout=0.1)
+    o = default_config().optim; o.learning_rate = 1e-2; o.warmup_steps = 2
+    x = np.random.default_rng(0).integers(0, 40, (16, 17)).astype(np.int32)
+    b = {"inputs": x[:, :-1], "targets": x[:, 1:]}
+    out = {}
+    for n in (1, 8):
+        mesh = shard_lib.make_mesh(jax.devices()[:n])
+        tx, _ = train_lib.make_optimizer(o, 100)
+        state = train_lib.init_state(cfg, tx, 0, mesh)
+        step = train_lib.make_train_step(GPT(cfg), tx, mesh, 2)
+        losses = []
+        for _ in range(3):
+            state, m = step(state, shard_lib.put_batch(b, mesh))
+            losses.append(float(m["loss"]))
+        out[n] = {"losses": losses, "devices": len(state.params["wte"].sharding.device_set),
+                  "wte": float(np.asarray(state.params["wte"]).sum())}
+    print(json.dumps(out))
+""")
+
+
+def test_eight_simulated_devices_match_one(cli):
+    proc = cli(["-c", EIGHT_DEVICES], env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    one, eight = out["1"], out["8"]
+    assert eight["devices"] == 8 and one["devices"] == 1
+    np.testing.assert_allclose(one["losses"], eight["losses"], rtol=1e-5)
+    assert one["wte"] == pytest.approx(eight["wte"], rel=1e-4, abs=1e-4)
