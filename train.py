@@ -27,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    start(main)
+    start(main, cpu_data_parallel=True)

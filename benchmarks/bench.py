@@ -68,14 +68,14 @@ def main(argv):
     m["vocab_size"] = m["vocab_size"] or 65  # char configs: tiny shakespeare's 65 characters
     cfg = ModelConfig.from_dict(m)
     model = GPT(cfg)
-    mesh = shard_lib.make_mesh()
     B, T = int(config.train.batch_size), cfg.block_size
+    mesh = shard_lib.make_mesh(shard_lib.data_devices(B, int(config.train.grad_accum_steps)))
     counter = CompileCounter()
     tx, schedule = train_lib.make_optimizer(config.optim, int(config.train.max_steps))
     state = train_lib.init_state(cfg, tx, 0, mesh)
     n_params = count_params(state.params, exclude_positions=True)
     rng = np.random.default_rng(0)
-    out = {"mode": FLAGS.mode, "device": jax.devices()[0].device_kind, "n_devices": len(jax.devices()),
+    out = {"mode": FLAGS.mode, "device": jax.devices()[0].device_kind, "n_devices": int(mesh.devices.size),
            "dtype": cfg.dtype, "params_m": round(count_params(state.params) / 1e6, 2)}
 
     if FLAGS.mode in ("train", "eval"):
@@ -149,4 +149,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    start(main)
+    start(main, cpu_data_parallel="--mode=sample" not in sys.argv)  # as train.py / sample.py do

@@ -162,7 +162,8 @@ class GPT(nn.Module):
         """
         cfg = self.cfg
         if cfg.tie_embeddings:
-            logits = h @ self.wte.astype(h.dtype).T  # (B, T, V)
+            # contract on C of both: `h @ wte.T` became a slow fused copy+dot inside the decode loop on XLA:CPU
+            logits = jnp.einsum("btc,vc->btv", h, self.wte.astype(h.dtype))  # (B, T, V)
         else:
             logits = self.lm_head(h)
         logits = logits.astype(jnp.float32)

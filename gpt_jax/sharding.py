@@ -15,6 +15,19 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), ("data",))
 
 
+def data_devices(batch_size: int, grad_accum_steps: int = 1):
+    """The devices a data-parallel mesh spans: all accelerators (a batch that does not split over them is an
+    error, see `check_batch_size`); on CPU, where the "devices" are threads over the same cores
+    (`--xla_force_host_platform_device_count`), as many as divide the microbatch evenly."""
+    devices = jax.devices()
+    if devices[0].platform != "cpu":
+        return devices
+    n, micro = len(devices), max(batch_size // max(grad_accum_steps, 1), 1)
+    while micro % n:
+        n -= 1
+    return devices[:n]
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -194,7 +194,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     tc = config.train
     os.makedirs(workdir, exist_ok=True)
     train_tokens, val_tokens, tokenizer, model_cfg, pretrained_params = _setup_model_and_data(config, workdir)
-    mesh = shard_lib.make_mesh()
+    mesh = shard_lib.make_mesh(shard_lib.data_devices(int(tc.batch_size), int(tc.grad_accum_steps)))
     shard_lib.check_batch_size(int(tc.batch_size), mesh)
     if int(tc.batch_size) % (int(tc.grad_accum_steps) * mesh.devices.size):
         raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by train.grad_accum_steps="
@@ -230,12 +230,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     peak = metrics_lib.device_peak_flops(float(tc.peak_flops))
     _log(f"model: {count_params(state.params) / 1e6:.2f}M parameters ({model_cfg.norm_position}-LN, "
          f"{model_cfg.n_layer} layers, d {model_cfg.d_model}, context {T}); data: {len(train_tokens):,} train / "
-         f"{len(val_tokens):,} val tokens ({tokenizer.name}); {mesh.devices.size} x {jax.devices()[0].platform}")
+         f"{len(val_tokens):,} val tokens ({tokenizer.name}); {mesh.devices.size} x {jax.devices()[0].platform} device(s)")
 
     train_step = make_train_step(model, tx, mesh, int(tc.grad_accum_steps), schedule)
     eval_step = make_eval_step(model, mesh)
     batches = data_lib.Batches(train_tokens, T, B, int(config.seed))
-    val_batches = data_lib.eval_batches(val_tokens, T, int(tc.eval_batch_size), int(tc.eval_max_windows))
+    eval_bs = -(-int(tc.eval_batch_size) // mesh.devices.size) * mesh.devices.size  # splits over the mesh
+    val_batches = data_lib.eval_batches(val_tokens, T, eval_bs, int(tc.eval_max_windows))
 
     start = int(jax.device_get(state.step))
     result = {"step": start}

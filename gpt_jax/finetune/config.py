@@ -1,0 +1,74 @@
+"""Every field a fine-tuning run reads, with its default: `configs/finetune_*.py` start from this and override.
+
+Defaults are the GPT-1 paper's fine-tuning recipe (section 4.1): lr 6.25e-5, batch 32, 3 epochs, linear
+warmup over 0.2% of the steps then linear decay to 0, dropout 0.1 on the classifier, lambda = 0.5.
+"""
+
+from __future__ import annotations
+
+TASKS = ("classification", "entailment", "similarity", "multiple_choice")
+
+# The text fields of each task's examples (besides "label"), in the order they enter the input format.
+TASK_FIELDS = {
+    "classification": ("text",),
+    "entailment": ("premise", "hypothesis"),
+    "similarity": ("text_a", "text_b"),
+    "multiple_choice": ("context", "choices"),
+}
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    return task
+
+
+def default_config(task: str = "classification"):
+    from ml_collections import ConfigDict
+
+    check_task(task)
+    c = ConfigDict()
+    c.task = task  # classification | entailment | similarity | multiple_choice (the paper's Figure 1 formats)
+    c.init_from = ""  # pre-trained model: a train.py workdir (newest checkpoint), gpt2 / openai-gpt / a HF folder
+    c.seed = 0  # head and special-token init, dropout keys fold_in(key, step), example order per (seed, epoch)
+    c.aux_lm_weight = 0.5  # lambda in L = L_task + lambda * L_lm, LM loss on the task's own text (0 = off)
+    c.regression = False  # similarity only: one real-valued score, MSE loss, Pearson/Spearman (else classes)
+
+    c.data = ConfigDict()
+    c.data.train_file = ""  # labelled examples: .jsonl (one JSON object per line) or .tsv
+    c.data.eval_file = ""  # labelled examples scored after every epoch ("" = no evaluation)
+    c.data.format = "auto"  # "jsonl" | "tsv" | "auto" (.jsonl/.json -> jsonl, .tsv/.txt -> tsv)
+    c.data.header = True  # TSV: the first row names the columns
+    c.data.column_names = ""  # TSV with header=False: its columns' names, comma-separated, e.g. "text,label"
+    # task field -> JSON key / TSV column; multiple choice TSV: choices="ending0,ending1,..." (empty cells skipped)
+    c.data.columns = ConfigDict({name: name for name in TASK_FIELDS[task] + ("label",)})
+    c.data.labels = ""  # label names in id order, comma-separated ("" = the training file's labels, sorted)
+    c.data.unescape = False  # undo AG News-style escapes: " #39;" refs, HTML entities and tags, "\" line breaks
+    c.data.max_examples = 0  # read only the first N examples of each file (0 = all)
+
+    c.model = ConfigDict()
+    c.model.dropout = 0.1  # transformer dropout while fine-tuning (the architecture comes from init_from)
+    c.model.clf_dropout = 0.1  # dropout on the extract token's hidden state, before the linear head
+    c.model.max_length = 0  # tokens per sequence, special tokens included (0 = the model's block_size)
+    c.model.dtype = "float32"  # compute dtype ("bfloat16" on TPU/GPU); parameters stay float32
+
+    c.optim = ConfigDict()
+    c.optim.learning_rate = 6.25e-5  # peak learning rate
+    c.optim.min_learning_rate = 0.0  # only read by the cosine schedule
+    c.optim.schedule = "linear"  # linear warmup from 0, then linear decay to 0 ("cosine" | "constant")
+    c.optim.warmup_fraction = 0.002  # warmup over 0.2% of the optimizer steps
+    c.optim.beta1 = 0.9  # Adam beta1
+    c.optim.beta2 = 0.999  # Adam beta2
+    c.optim.eps = 1e-8  # Adam epsilon
+    c.optim.weight_decay = 0.01  # decoupled weight decay on matrices only (not biases, not LayerNorm)
+    c.optim.grad_clip = 1.0  # global-norm clipping (0 = off)
+
+    c.train = ConfigDict()
+    c.train.batch_size = 32  # examples per optimizer step (multiple choice: each with all its answers)
+    c.train.epochs = 3  # passes over the training file
+    c.train.eval_batch_size = 64  # examples per evaluation / prediction batch
+    c.train.log_every = 20  # steps between train-loss logs
+    c.train.max_to_keep = 1  # checkpoints kept (one per epoch is written; 0 = all)
+    c.train.progress_bar = True  # tqdm bar with the loss
+    c.train.tensorboard = True  # also write TensorBoard event files (tensorboardX)
+    return c

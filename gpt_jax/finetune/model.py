@@ -1,0 +1,123 @@
+"""The pre-trained GPT with a linear head on each sequence's extract token, and the fine-tuning loss.
+
+Parameters: {"gpt": GPT's params (wte has the start/delim/extract rows), "head": {"kernel", "bias"}}.
+Shapes: B examples, S sequences per example, T tokens, C = d_model, K outputs of the head.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gpt_jax.config import ModelConfig
+from gpt_jax.model import GPT
+from gpt_jax.train import cross_entropy
+
+_NEG_INF = -1e30
+
+
+class FinetuneModel(nn.Module):
+    cfg: ModelConfig  # extra_tokens >= 3
+    task: str
+    n_outputs: int  # classes; 1 for a regression score or a multiple-choice answer's score
+    clf_dropout: float = 0.1
+
+    @nn.compact
+    def __call__(self, ids, lengths, *, train: bool = False, with_lm: bool = False):
+        """ids (B, S, T), lengths (B, S) -> (task outputs, LM logits (B*S, T, padded_vocab) or None).
+
+        Task outputs: (B, K) class logits (similarity: from the sum of both orders' states; regression K = 1),
+        or (B, S) answer scores for multiple choice, -1e30 where an example has fewer answers.
+        """
+        B, S, T = ids.shape
+        gpt = GPT(self.cfg, name="gpt")
+        h, _ = gpt.hidden(ids.reshape(B * S, T), train=train)  # (B*S, T, C)
+        last = jnp.maximum(lengths.reshape(B * S) - 1, 0)  # each sequence's own extract position
+        x = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0].astype(jnp.float32).reshape(B, S, -1)
+        if self.task == "similarity":
+            x = x.sum(axis=1, keepdims=True)  # h(a delim b) + h(b delim a): (B, 1, C)
+        x = nn.Dropout(self.clf_dropout)(x, deterministic=not train)
+        out = nn.Dense(self.n_outputs, kernel_init=nn.initializers.normal(0.02), name="head")(x)  # (B, S', K)
+        if self.task == "multiple_choice":
+            out = jnp.where(lengths > 0, out[..., 0], _NEG_INF)  # (B, S)
+        else:
+            out = out[:, 0]  # (B, K)
+        lm_logits = gpt.logits(h, padded=True) if with_lm else None
+        return out, lm_logits
+
+
+def task_losses(out, labels, regression: bool):
+    """Per-example task loss (B,): cross-entropy over classes / answers, or squared error of the score."""
+    if regression:
+        return jnp.square(out[:, 0] - labels)
+    return cross_entropy(out, labels)
+
+
+def lm_loss_sums(lm_logits, ids, lengths, weights, vocab_size: int):
+    """(sum of -log p, count) over next-token targets that are real tokens: inside the sequence (not padding)
+    and not a special token (ids >= vocab_size), in rows with weight > 0."""
+    B, S, T = ids.shape
+    flat = ids.reshape(B * S, T)
+    targets = flat[:, 1:]  # (B*S, T-1)
+    inside = jnp.arange(1, T)[None, :] < lengths.reshape(B * S, 1)
+    w = (inside & (targets < vocab_size)).astype(jnp.float32) * jnp.repeat(weights, S)[:, None]
+    losses = cross_entropy(lm_logits[:, :-1], targets)
+    return (losses * w).sum(), w.sum()
+
+
+def loss_fn(params, model: FinetuneModel, batch, rng=None, train: bool = False, aux_lm_weight: float = 0.5,
+            regression: bool = False):
+    """L = L_task + aux_lm_weight * L_lm, each a mean over the weighted examples / tokens; (L, parts)."""
+    rngs = {"dropout": rng} if train else None
+    with_lm = aux_lm_weight > 0
+    out, lm_logits = model.apply({"params": params}, batch["ids"], batch["lengths"], train=train, with_lm=with_lm,
+                                 rngs=rngs)
+    w = batch["weights"]
+    task = (task_losses(out, batch["labels"], regression) * w).sum() / jnp.maximum(w.sum(), 1.0)
+    parts = {"task_loss": task}
+    total = task
+    if with_lm:
+        s, n = lm_loss_sums(lm_logits, batch["ids"], batch["lengths"], w, model.cfg.vocab_size)
+        parts["lm_loss"] = s / jnp.maximum(n, 1.0)
+        total = total + aux_lm_weight * parts["lm_loss"]
+    return total, parts
+
+
+def head_params(d_model: int, n_outputs: int, rng) -> dict:
+    """A fresh linear head (as nn.Dense initializes it in `FinetuneModel`)."""
+    return {"kernel": 0.02 * jax.random.normal(rng, (d_model, n_outputs), jnp.float32),
+            "bias": jnp.zeros((n_outputs,), jnp.float32)}
+
+
+def extend_vocab(cfg: ModelConfig, params: dict, extra_tokens: int, rng) -> tuple[ModelConfig, dict]:
+    """Pre-trained GPT params -> params with `extra_tokens` new learned ids after the vocabulary (rows drawn from
+    N(0, 0.02); padding rows appended if the padded vocabulary grows; an untied lm_head gets zero columns, which
+    are masked in the logits anyway)."""
+    if cfg.extra_tokens:
+        raise ValueError(f"the pre-trained model already has {cfg.extra_tokens} extra tokens; init_from takes a "
+                         "pre-training run, not a fine-tuned one")
+    new_cfg = cfg.replace(extra_tokens=extra_tokens)
+    params = dict(params)
+    wte = params["wte"]
+    grow = new_cfg.padded_vocab - wte.shape[0]
+    if grow > 0:
+        wte = jnp.concatenate([wte, jnp.zeros((grow, wte.shape[1]), wte.dtype)])
+        if "lm_head" in params:
+            k = params["lm_head"]["kernel"]
+            params["lm_head"] = {"kernel": jnp.concatenate([k, jnp.zeros((k.shape[0], grow), k.dtype)], axis=1)}
+    new_rows = 0.02 * jax.random.normal(rng, (extra_tokens, wte.shape[1]), wte.dtype)
+    params["wte"] = wte.at[cfg.vocab_size : cfg.vocab_size + extra_tokens].set(new_rows)
+    return new_cfg, params
+
+
+def n_outputs_for(task: str, n_classes: int, regression: bool) -> int:
+    return 1 if task == "multiple_choice" or regression else n_classes
+
+
+def predictions(out, task: str, regression: bool) -> dict:
+    """Task outputs -> {"probs": (B, K)} or {"score": (B,)} (standardized)."""
+    if regression:
+        return {"score": out[:, 0]}
+    return {"probs": jax.nn.softmax(out, axis=-1)}
+
