@@ -3,7 +3,8 @@
 Shapes: B batch, T tokens in this call, S cache length, C = d_model, H heads, D = C // H, V padded vocab.
 
 KV cache (an explicit pytree, passed in and returned; see `init_cache`):
-    {"k": [n_layer x (B, S, H, D)], "v": [n_layer x (B, S, H, D)], "pos": int32 ()}
+    {"k": [n_layer x (B, H, S, D)], "v": [n_layer x (B, H, S, D)], "pos": int32 ()}
+Head-major (B, H, S, D), so decoding attends over the cache without transposing it every token.
 `pos` is how many positions are already filled; a call with T tokens writes positions [pos, pos + T)
 and returns the cache with pos + T. `pos` is a traced value, so decoding never recompiles per token.
 """
@@ -38,7 +39,7 @@ def init_cache(cfg: ModelConfig, batch_size: int, length: Optional[int] = None, 
     if length > cfg.block_size:
         raise ValueError(f"cache length {length} exceeds the model's context block_size={cfg.block_size}")
     dtype = _dtype(cfg) if dtype is None else dtype
-    shape = (batch_size, length, cfg.n_head, cfg.head_dim)  # (B, S, H, D)
+    shape = (batch_size, cfg.n_head, length, cfg.head_dim)  # (B, H, S, D)
     return {
         "k": [jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)],
         "v": [jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)],
@@ -51,7 +52,7 @@ class CausalSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool, kv=None, pos=None):
-        # x: (B, T, C); kv: optional (k, v) cache of this layer, each (B, S, H, D); pos: int32 ()
+        # x: (B, T, C); kv: optional (k, v) cache of this layer, each (B, H, S, D); pos: int32 ()
         cfg = self.cfg
         B, T, C = x.shape
         H, D = cfg.n_head, cfg.head_dim
@@ -60,24 +61,21 @@ class CausalSelfAttention(nn.Module):
         q, k, v = jnp.split(qkv.reshape(B, T, 3, H, D), 3, axis=2)
         q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # (B, T, H, D)
 
-        if kv is None:
-            q_pos = jnp.arange(T)
-            k_pos = jnp.arange(T)
-            new_kv = None
-        else:
-            k_cache, v_cache = kv  # (B, S, H, D)
-            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
-            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
+        if kv is None:  # training / full forward: keys are (B, T, H, D), s indexes T
+            q_pos, k_pos, new_kv, kv_layout = jnp.arange(T), jnp.arange(T), None, "bshd"
+        else:  # with a cache: write this call's keys at [pos, pos + T), attend over the whole (B, H, S, D) cache
+            k_cache, v_cache = kv
+            k = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), (0, 0, pos, 0))
+            v = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, pos, 0))
             new_kv = (k, v)
-            q_pos = pos + jnp.arange(T)
-            k_pos = jnp.arange(k.shape[1])
+            q_pos, k_pos, kv_layout = pos + jnp.arange(T), jnp.arange(k.shape[2]), "bhsd"
         mask = k_pos[None, :] <= q_pos[:, None]  # (T, S): a query sees itself and the past only
 
-        att = jnp.einsum("bthd,bshd->bhts", q, k.astype(q.dtype)) / math.sqrt(D)  # (B, H, T, S)
+        att = jnp.einsum(f"bthd,{kv_layout}->bhts", q, k.astype(q.dtype)) / math.sqrt(D)  # (B, H, T, S)
         att = jnp.where(mask, att.astype(jnp.float32), _NEG_INF)
         att = jax.nn.softmax(att, axis=-1).astype(q.dtype)
         att = nn.Dropout(cfg.dropout)(att, deterministic=not train)
-        y = jnp.einsum("bhts,bshd->bthd", att, v.astype(q.dtype)).reshape(B, T, C)  # (B, T, C)
+        y = jnp.einsum(f"bhts,{kv_layout}->bthd", att, v.astype(q.dtype)).reshape(B, T, C)  # (B, T, C)
         y = dense(C, 0.02 / math.sqrt(2 * cfg.n_layer), "c_proj")(y)  # GPT-2's scaled residual init
         y = nn.Dropout(cfg.dropout)(y, deterministic=not train)
         return y, new_kv
