@@ -69,7 +69,10 @@ def main(argv):
     cfg = ModelConfig.from_dict(m)
     model = GPT(cfg)
     B, T = int(config.train.batch_size), cfg.block_size
-    mesh = shard_lib.make_mesh(shard_lib.data_devices(B, int(config.train.grad_accum_steps)))
+    from gpt_jax.model import init_params
+
+    n_all = count_params(jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0))))
+    mesh = shard_lib.make_mesh(shard_lib.data_devices(B, int(config.train.grad_accum_steps), n_all))
     counter = CompileCounter()
     tx, schedule = train_lib.make_optimizer(config.optim, int(config.train.max_steps))
     state = train_lib.init_state(cfg, tx, 0, mesh)

@@ -15,13 +15,23 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), ("data",))
 
 
-def data_devices(batch_size: int, grad_accum_steps: int = 1):
+# On CPU, data parallelism over per-core devices pays for small models (whose small matmuls XLA runs on one
+# core: 47.8 -> 29.8 ms/step for 0.8M parameters on 2 cores) and costs for large ones (whose big matmuls already
+# use every core, while the replicated optimizer update and gradient all-reduce are paid per device:
+# 4.44 -> 5.77 s/step for GPT-2 124M). Measured in docs/performance.md.
+CPU_DATA_PARALLEL_MAX_PARAMS = 20_000_000
+
+
+def data_devices(batch_size: int, grad_accum_steps: int = 1, n_params: int = 0):
     """The devices a data-parallel mesh spans: all accelerators (a batch that does not split over them is an
     error, see `check_batch_size`); on CPU, where the "devices" are threads over the same cores
-    (`--xla_force_host_platform_device_count`), as many as divide the microbatch evenly."""
+    (`--xla_force_host_platform_device_count`), as many as divide the microbatch evenly, and one for models
+    over CPU_DATA_PARALLEL_MAX_PARAMS."""
     devices = jax.devices()
     if devices[0].platform != "cpu":
         return devices
+    if n_params > CPU_DATA_PARALLEL_MAX_PARAMS:
+        return devices[:1]
     n, micro = len(devices), max(batch_size // max(grad_accum_steps, 1), 1)
     while micro % n:
         n -= 1

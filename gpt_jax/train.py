@@ -194,7 +194,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     tc = config.train
     os.makedirs(workdir, exist_ok=True)
     train_tokens, val_tokens, tokenizer, model_cfg, pretrained_params = _setup_model_and_data(config, workdir)
-    mesh = shard_lib.make_mesh(shard_lib.data_devices(int(tc.batch_size), int(tc.grad_accum_steps)))
+    n_all = count_params(jax.eval_shape(lambda: init_params(model_cfg, jax.random.PRNGKey(0))))
+    mesh = shard_lib.make_mesh(shard_lib.data_devices(int(tc.batch_size), int(tc.grad_accum_steps), n_all))
     shard_lib.check_batch_size(int(tc.batch_size), mesh)
     if int(tc.batch_size) % (int(tc.grad_accum_steps) * mesh.devices.size):
         raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by train.grad_accum_steps="

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import re
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 from gpt_jax.data import DataError
 from gpt_jax.finetune.config import TASK_FIELDS
@@ -131,6 +131,10 @@ def read_examples(path: str, data_cfg, task: str, *, need_label: bool = True, wh
     if not os.path.isfile(path):
         raise FinetuneDataError(f"{what} {path} not found")
     fields = TASK_FIELDS[task] + ("label",)
+    missing = [f for f in fields if f not in data_cfg.columns]
+    if missing:
+        raise FinetuneDataError(f"data.columns has no entry for the {task} field {missing[0]!r} (it has "
+                                f"{sorted(data_cfg.columns)}); is the config for another task?")
     columns = {f: str(data_cfg.columns[f]) for f in fields}
     fmt = file_format(path, data_cfg.format)
     multi = {}  # TSV multiple choice: choices spread over several columns

@@ -109,15 +109,3 @@ def extend_vocab(cfg: ModelConfig, params: dict, extra_tokens: int, rng) -> tupl
     new_rows = 0.02 * jax.random.normal(rng, (extra_tokens, wte.shape[1]), wte.dtype)
     params["wte"] = wte.at[cfg.vocab_size : cfg.vocab_size + extra_tokens].set(new_rows)
     return new_cfg, params
-
-
-def n_outputs_for(task: str, n_classes: int, regression: bool) -> int:
-    return 1 if task == "multiple_choice" or regression else n_classes
-
-
-def predictions(out, task: str, regression: bool) -> dict:
-    """Task outputs -> {"probs": (B, K)} or {"score": (B,)} (standardized)."""
-    if regression:
-        return {"score": out[:, 0]}
-    return {"probs": jax.nn.softmax(out, axis=-1)}
-

@@ -189,6 +189,40 @@ def _check_config(config) -> tuple[str, bool, float]:
     return task, regression, aux
 
 
+def _model_source(config, workdir: str):
+    """(saved meta, ModelConfig with the special tokens, tokenizer, GPT params): from WORKDIR's checkpoint when
+    resuming (saved meta set, params None), else from config.init_from (saved meta None)."""
+    saved = _read_meta(workdir)
+    if saved is not None:
+        if "finetune" not in saved:
+            raise ValueError(f"{workdir} holds a pre-training run; pick another --workdir")
+        return saved, ModelConfig.from_dict(saved["model"]), tok_lib.from_meta(saved["tokenizer"]), None
+    base_cfg, base_params, tokenizer = load_pretrained(config.init_from)
+    key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1)
+    model_cfg, gpt_params = extend_vocab(base_cfg, base_params, formats.EXTRA_TOKENS, key)
+    return None, model_cfg, tokenizer, gpt_params
+
+
+def _initial_state(model: FinetuneModel, tx, mesh, ckpt, seed: int, gpt_params, n_seq: int) -> TrainState:
+    """A fresh state around the pre-trained `gpt_params` and a new head, or (gpt_params None) the newest
+    checkpoint's state."""
+    abstract = _abstract_params(model, n_seq)
+    if gpt_params is not None:
+        head = head_params(model.cfg.d_model, model.n_outputs, jax.random.fold_in(jax.random.PRNGKey(seed), 2))
+        params = {"gpt": gpt_params, "head": head}
+        if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(abstract):
+            raise ValueError("the pre-trained parameters do not match their model config")
+        return init_state(model.cfg, tx, seed, mesh, params)
+    repl = shard_lib.replicated(mesh)
+    rng = jax.random.split(jax.random.PRNGKey(seed))[1]  # shape and dtype as init_state draws it
+    restored = ckpt.restore(ckpt.latest_step(), {
+        "params": ckpt_lib.abstract_like(abstract, repl),
+        "opt_state": ckpt_lib.abstract_like(jax.eval_shape(tx.init, abstract), repl),
+        "train": ckpt_lib.abstract_like({"step": np.zeros((), np.int32), "rng": rng}, repl)})
+    return TrainState(step=restored["train"]["step"], params=restored["params"], opt_state=restored["opt_state"],
+                      rng=restored["train"]["rng"])
+
+
 def finetune(config, workdir: str) -> dict:
     """Fine-tunes (resuming from WORKDIR's newest checkpoint if it has one); returns the final metrics."""
     t_start = time.time()
@@ -200,16 +234,7 @@ def finetune(config, workdir: str) -> dict:
     labels = LabelSpace.from_train(train_ex, task, regression, str(config.data.labels))
 
     os.makedirs(workdir, exist_ok=True)
-    saved = _read_meta(workdir)
-    if saved is not None and "finetune" not in saved:
-        raise ValueError(f"{workdir} holds a pre-training run; pick another --workdir")
-    if saved is not None:  # resume: the architecture and tokenizer are in the checkpoint
-        model_cfg, tokenizer, gpt_params = ModelConfig.from_dict(saved["model"]), tok_lib.from_meta(
-            saved["tokenizer"]), None
-    else:
-        base_cfg, base_params, tokenizer = load_pretrained(config.init_from)
-        model_cfg, gpt_params = extend_vocab(base_cfg, base_params, formats.EXTRA_TOKENS,
-                                             jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+    saved, model_cfg, tokenizer, gpt_params = _model_source(config, workdir)
     model_cfg = model_cfg.replace(dropout=float(config.model.dropout), dtype=config.model.dtype)
     max_length = int(config.model.max_length) or model_cfg.block_size
     if not formats.MIN_LENGTH <= max_length <= model_cfg.block_size:
@@ -248,26 +273,12 @@ def finetune(config, workdir: str) -> dict:
 
     ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=int(tc.max_to_keep) or None)
     writer = metrics_lib.MetricsWriter(workdir, tensorboard=bool(tc.tensorboard))
-    abstract = _abstract_params(model, train_enc.n_seq)
-    if saved is None:
-        params = {"gpt": gpt_params, "head": head_params(model_cfg.d_model, labels.n_outputs,
-                                                         jax.random.fold_in(jax.random.PRNGKey(seed), 2))}
-        if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(abstract):
-            raise ValueError("the pre-trained parameters do not match the model config")  # a corrupt source
-        state = init_state(model_cfg, tx, seed, mesh, params)
-        del params, gpt_params
-    else:
-        repl = shard_lib.replicated(mesh)
-        latest = ckpt.latest_step()
-        key = jax.random.split(jax.random.PRNGKey(seed))[1]  # as init_state draws it
-        abstract_state = {"params": ckpt_lib.abstract_like(abstract, repl),
-                          "opt_state": ckpt_lib.abstract_like(jax.eval_shape(tx.init, abstract), repl),
-                          "train": ckpt_lib.abstract_like({"step": np.zeros((), np.int32), "rng": key}, repl)}
-        restored = ckpt.restore(latest, abstract_state)
-        state = TrainState(step=restored["train"]["step"], params=restored["params"],
-                           opt_state=restored["opt_state"], rng=restored["train"]["rng"])
-        writer.truncate_after(latest)
-        _log(f"resumed from {ckpt.directory} at step {latest}")
+    state = _initial_state(model, tx, mesh, ckpt, seed, gpt_params, train_enc.n_seq)
+    del gpt_params
+    start = int(jax.device_get(state.step))
+    if saved is not None:
+        writer.truncate_after(start)
+        _log(f"resumed from {ckpt.directory} at step {start}")
     ckpt_lib.write_json(os.path.join(workdir, "config.json"), meta)
 
     train_step = make_train_step(model, tx, mesh, aux, regression, schedule)
@@ -280,7 +291,6 @@ def finetune(config, workdir: str) -> dict:
         bar.write(f"epoch {step / spe:g} (step {step}): eval {format_scores(s)}", file=sys.stdout)
         return s
 
-    start = int(jax.device_get(state.step))
     what = {"classes": f"labels {labels.names}", "regression": "a score", "choice": "a score per answer"}
     _log(f"fine-tuning {task} ({what[labels.kind]}) from {config.init_from or 'the checkpoint'}: "
          f"{epochs} epochs x {spe} steps of {B}, lr {float(config.optim.learning_rate):g}, aux LM weight {aux:g}; "
