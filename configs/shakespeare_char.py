@@ -1,5 +1,5 @@
 """Character-level tiny shakespeare: the laptop-CPU model. Reaches val loss <= 1.88 on the whole val split
-in under a minute on a 2-core CPU, start-up and compilation included:
+in about 80 s on a 2-core CPU, start-up and compilation included:
 python train.py --config=configs/shakespeare_char.py"""
 
 from gpt_jax.config import default_config
