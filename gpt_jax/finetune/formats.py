@@ -21,7 +21,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from gpt_jax.finetune.config import TASK_FIELDS
-from gpt_jax.finetune.data import LabelSpace
+from gpt_jax.finetune.data import FinetuneDataError, LabelSpace
+from gpt_jax.tokenizer import TokenizerError
 
 EXTRA_TOKENS = 3  # start, delim, extract
 MIN_LENGTH = 8  # shortest max_length that leaves room for text beside the special tokens
@@ -102,7 +103,10 @@ def encode_examples(examples: list[dict], task: str, tokenizer, sp: Specials, ma
 
     seqs, n_cut = [], 0
     for ex in examples:
-        ids = {f: ([tok(t) for t in ex[f]] if f == "choices" else tok(ex[f])) for f in TASK_FIELDS[task]}
+        try:
+            ids = {f: ([tok(t) for t in ex[f]] if f == "choices" else tok(ex[f])) for f in TASK_FIELDS[task]}
+        except TokenizerError as e:
+            raise FinetuneDataError(f"{path} line {ex.get('line')}: {e}") from None
         s, cut = format_example(task, ids, sp, max_length)
         seqs.append(s)
         n_cut += cut

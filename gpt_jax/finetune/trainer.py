@@ -114,7 +114,7 @@ def make_train_step(model: FinetuneModel, tx, mesh, aux_lm_weight: float, regres
         (loss, parts), grads = grad_fn(state.params, batch=batch, rng=jax.random.fold_in(state.rng, state.step))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, **parts, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        metrics = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return jax.jit(train_step, donate_argnums=0, in_shardings=(repl, data), out_shardings=(repl, repl))
@@ -232,6 +232,8 @@ def finetune(config, workdir: str) -> dict:
     eval_ex = (read_examples(config.data.eval_file, config.data, task, what="data.eval_file")
                if config.data.eval_file else None)
     labels = LabelSpace.from_train(train_ex, task, regression, str(config.data.labels))
+    for ex in eval_ex or ():  # a label the head cannot output: fail before loading the model
+        labels.encode(ex, config.data.eval_file)
 
     os.makedirs(workdir, exist_ok=True)
     saved, model_cfg, tokenizer, gpt_params = _model_source(config, workdir)
@@ -362,7 +364,7 @@ def predict(workdir: str, path: str, out_path: Optional[str] = None, *, overwrit
     examples = read_examples(path, data_cfg, ft["task"], need_label=False, what="predict_file")
     specials = formats.Specials(**ft["specials"])
     tokenizer = tok_lib.from_meta(meta["tokenizer"])
-    enc = formats.encode_examples(examples, ft["task"], tokenizer, specials, ft["max_length"])
+    enc = formats.encode_examples(examples, ft["task"], tokenizer, specials, ft["max_length"], path=path)
     _log(f"predict: {len(enc):,} examples, {enc.n_truncated:,} truncated to {ft['max_length']} tokens")
     mesh = shard_lib.make_mesh(jax.local_devices()[:1])
     out = predict_outputs(make_predict_step(model, mesh), params, enc,
