@@ -45,6 +45,18 @@ class Checkpointer:
             meta=ocp.args.JsonSave(meta),
         ))
 
+    def save_state(self, step: int, state, meta: dict) -> None:
+        """A `TrainState` (params, opt_state, step, rng) plus the run's meta."""
+        self.save(step, state.params, state.opt_state, {"step": state.step, "rng": state.rng}, meta)
+
+    def save_on_interrupt(self, state, start: int, meta: dict) -> int:
+        """Ctrl-C: checkpoint the step reached (unless already saved), wait for the files; returns that step."""
+        done = int(jax.device_get(state.step))
+        if done > start and self.latest_step() != done:
+            self.save_state(done, state, meta)
+        self.wait()
+        return done
+
     def restore(self, step: int, abstract: dict[str, Any]) -> dict[str, Any]:
         """Restores the items named in `abstract` (name -> abstract pytree with shardings, or None for meta)."""
         args = {}

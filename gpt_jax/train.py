@@ -269,13 +269,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 bar.write(f"step {step}: val loss {val_loss:.4f}", file=sys.stderr)
                 t_log = time.time()  # evaluation time is not training throughput
             if (int(tc.checkpoint_every) and step % int(tc.checkpoint_every) == 0) or step == max_steps:
-                ckpt.save(step, state.params, state.opt_state, {"step": state.step, "rng": state.rng}, meta)
+                ckpt.save_state(step, state, meta)
             bar.update(1)
     except KeyboardInterrupt:
-        done = int(jax.device_get(state.step))
-        if done > start and ckpt.latest_step() != done:
-            ckpt.save(done, state.params, state.opt_state, {"step": state.step, "rng": state.rng}, meta)
-        ckpt.wait()
+        done = ckpt.save_on_interrupt(state, start, meta)
         _log(f"\ninterrupted at step {done}; checkpoint saved, rerun the same command to resume")
         raise
     finally:

@@ -114,3 +114,20 @@ def test_bad_prompts_fail_clearly(runs, extra, message):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0  # one line
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resumes(tmp_path):
+    workdir = str(tmp_path / "run")
+    args = [sys.executable, "train.py", "--config=configs/tiny.py", "--config.train.max_steps=100000",
+            "--config.train.checkpoint_every=10", f"--workdir={workdir}"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, GPT_JAX_COMPILE_CACHE=""),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not finished_steps(workdir):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved, rerun the same command to resume" in err
+    step = int(err.split("interrupted at step ")[1].split(";")[0])
+    assert max(finished_steps(workdir)) == step > 0
