@@ -315,13 +315,10 @@ def finetune(config, workdir: str) -> dict:
             if step % spe == 0:
                 if eval_enc is not None:
                     result = evaluate(step)
-                ckpt.save(step, state.params, state.opt_state, {"step": state.step, "rng": state.rng}, meta)
+                ckpt.save_state(step, state, meta)
             bar.update(1)
     except KeyboardInterrupt:
-        done = int(jax.device_get(state.step))
-        if done > start and ckpt.latest_step() != done:
-            ckpt.save(done, state.params, state.opt_state, {"step": state.step, "rng": state.rng}, meta)
-        ckpt.wait()
+        done = ckpt.save_on_interrupt(state, start, meta)
         _log(f"\ninterrupted at step {done}; checkpoint saved, rerun the same command to resume")
         raise
     finally:
