@@ -11,10 +11,10 @@ evaluated). Without --config, --predict_file uses the fine-tuned run in --workdi
 
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from gpt_jax.cli import run_main, setup_jax
+from gpt_jax.cli import setup_jax, start
 
 config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/finetune_rte.py", lock_config=True)
 flags.DEFINE_string("workdir", None, "run folder (checkpoints, metrics.jsonl); default runs/<config name>")
@@ -52,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: run_main(main, argv))
+    start(main)
