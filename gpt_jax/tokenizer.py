@@ -59,7 +59,7 @@ class CharTokenizer(Tokenizer):
         except KeyError as e:
             raise TokenizerError(
                 f"character {e.args[0]!r} is not in this run's character vocabulary "
-                f"({self.vocab_size} characters seen in the training text); remove it from the prompt") from None
+                f"({self.vocab_size} characters seen in the training text); remove or replace it") from None
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         return "".join(self.chars[i] for i in ids).encode("utf-8")
