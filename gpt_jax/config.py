@@ -72,6 +72,23 @@ def model_config(cfg) -> ModelConfig:
     return ModelConfig.from_dict(group.to_dict() if hasattr(group, "to_dict") else dict(group))
 
 
+def default_optim():
+    """AdamW + schedule fields shared by pre-training (`default_config`) and fine-tuning configs."""
+    from ml_collections import ConfigDict
+
+    o = ConfigDict()
+    o.learning_rate = 2.5e-4  # peak learning rate
+    o.min_learning_rate = 0.0  # cosine ends here
+    o.schedule = "cosine"  # "cosine" | "linear" | "constant", each after a linear warmup from 0
+    o.warmup_steps = 2000  # linear warmup steps
+    o.beta1 = 0.9  # Adam beta1
+    o.beta2 = 0.999  # Adam beta2
+    o.eps = 1e-8  # Adam epsilon
+    o.weight_decay = 0.01  # decoupled weight decay on matrices only (not biases, not LayerNorm)
+    o.grad_clip = 1.0  # global-norm clipping (0 = off)
+    return o
+
+
 def default_config():
     """Every field a training run reads, with its default; `configs/*.py` start from this and override.
 
@@ -91,16 +108,7 @@ def default_config():
     c.data.val_fraction = 0.1  # the last 10% of the tokens are the validation split
     c.data.max_documents = 0  # hf: datasets only: documents to read (0 = all)
 
-    c.optim = ConfigDict()
-    c.optim.learning_rate = 2.5e-4  # peak learning rate
-    c.optim.min_learning_rate = 0.0  # cosine ends here
-    c.optim.schedule = "cosine"  # "cosine" | "linear" | "constant", each after a linear warmup from 0
-    c.optim.warmup_steps = 2000  # linear warmup steps
-    c.optim.beta1 = 0.9  # Adam beta1
-    c.optim.beta2 = 0.999  # Adam beta2
-    c.optim.eps = 1e-8  # Adam epsilon
-    c.optim.weight_decay = 0.01  # decoupled weight decay on matrices only (not biases, not LayerNorm)
-    c.optim.grad_clip = 1.0  # global-norm clipping (0 = off)
+    c.optim = default_optim()
 
     c.train = ConfigDict()
     c.train.batch_size = 64  # sequences per optimizer step (all devices, all microbatches)

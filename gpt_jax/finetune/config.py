@@ -6,6 +6,8 @@ warmup over 0.2% of the steps then linear decay to 0, dropout 0.1 on the classif
 
 from __future__ import annotations
 
+from gpt_jax.config import default_optim
+
 TASKS = ("classification", "entailment", "similarity", "multiple_choice")
 
 # The text fields of each task's examples (besides "label"), in the order they enter the input format.
@@ -52,16 +54,11 @@ def default_config(task: str = "classification"):
     c.model.max_length = 0  # tokens per sequence, special tokens included (0 = the model's block_size)
     c.model.dtype = "float32"  # compute dtype ("bfloat16" on TPU/GPU); parameters stay float32
 
-    c.optim = ConfigDict()
+    c.optim = default_optim()  # AdamW fields of pre-training, with the paper's fine-tuning values:
     c.optim.learning_rate = 6.25e-5  # peak learning rate
-    c.optim.min_learning_rate = 0.0  # only read by the cosine schedule
     c.optim.schedule = "linear"  # linear warmup from 0, then linear decay to 0 ("cosine" | "constant")
+    del c.optim["warmup_steps"]  # derived from warmup_fraction and the run's length
     c.optim.warmup_fraction = 0.002  # warmup over 0.2% of the optimizer steps
-    c.optim.beta1 = 0.9  # Adam beta1
-    c.optim.beta2 = 0.999  # Adam beta2
-    c.optim.eps = 1e-8  # Adam epsilon
-    c.optim.weight_decay = 0.01  # decoupled weight decay on matrices only (not biases, not LayerNorm)
-    c.optim.grad_clip = 1.0  # global-norm clipping (0 = off)
 
     c.train = ConfigDict()
     c.train.batch_size = 32  # examples per optimizer step (multiple choice: each with all its answers)
