@@ -3,8 +3,10 @@
 Shapes: B batch, T tokens in this call, S cache length, C = d_model, H heads, D = C // H, V padded vocab.
 
 KV cache (an explicit pytree, passed in and returned; see `init_cache`):
-    {"k": [n_layer x (B, H, S, D)], "v": [n_layer x (B, H, S, D)], "pos": int32 ()}
-Head-major (B, H, S, D), so decoding attends over the cache without transposing it every token.
+    {"k": [n_layer x (B * H, D, S)], "v": [n_layer x (B * H, S, D)], "pos": int32 ()}
+Batch and heads flattened, keys stored transposed: both attention matmuls read the cache as stored, in the
+layout XLA's batched dot wants (`q (T, D) @ k (D, S)`, `att (T, S) @ v (S, D)`), so a decode step updates each
+cache in place and never copies or transposes it (see CausalSelfAttention).
 `pos` is how many positions are already filled; a call with T tokens writes positions [pos, pos + T)
 and returns the cache with pos + T. `pos` is a traced value, so decoding never recompiles per token.
 """
@@ -39,10 +41,11 @@ def init_cache(cfg: ModelConfig, batch_size: int, length: Optional[int] = None, 
     if length > cfg.block_size:
         raise ValueError(f"cache length {length} exceeds the model's context block_size={cfg.block_size}")
     dtype = _dtype(cfg) if dtype is None else dtype
-    shape = (batch_size, cfg.n_head, length, cfg.head_dim)  # (B, H, S, D)
+    k_shape = (batch_size * cfg.n_head, cfg.head_dim, length)  # (B * H, D, S)
+    v_shape = (batch_size * cfg.n_head, length, cfg.head_dim)  # (B * H, S, D)
     return {
-        "k": [jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)],
-        "v": [jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)],
+        "k": [jnp.zeros(k_shape, dtype) for _ in range(cfg.n_layer)],
+        "v": [jnp.zeros(v_shape, dtype) for _ in range(cfg.n_layer)],
         "pos": jnp.zeros((), jnp.int32),
     }
 
@@ -52,7 +55,7 @@ class CausalSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool, kv=None, pos=None):
-        # x: (B, T, C); kv: optional (k, v) cache of this layer, each (B, H, S, D); pos: int32 ()
+        # x: (B, T, C); kv: optional (k, v) cache of this layer, (B * H, D, S) and (B * H, S, D); pos: int32 ()
         cfg = self.cfg
         B, T, C = x.shape
         H, D = cfg.n_head, cfg.head_dim
@@ -61,24 +64,37 @@ class CausalSelfAttention(nn.Module):
         q, k, v = jnp.split(qkv.reshape(B, T, 3, H, D), 3, axis=2)
         q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # (B, T, H, D)
 
-        if kv is None:  # training / full forward: keys are (B, T, H, D), s indexes T
-            q_pos, k_pos, new_kv, kv_layout = jnp.arange(T), jnp.arange(T), None, "bshd"
-        else:  # with a cache: write this call's keys at [pos, pos + T), attend over the whole (B, H, S, D) cache
-            k_cache, v_cache = kv
-            k = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), (0, 0, pos, 0))
-            v = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, pos, 0))
-            new_kv = (k, v)
-            q_pos, k_pos, kv_layout = pos + jnp.arange(T), jnp.arange(k.shape[2]), "bhsd"
-        mask = k_pos[None, :] <= q_pos[:, None]  # (T, S): a query sees itself and the past only
-
-        att = jnp.einsum(f"bthd,{kv_layout}->bhts", q, k.astype(q.dtype)) / math.sqrt(D)  # (B, H, T, S)
-        att = jnp.where(mask, att.astype(jnp.float32), _NEG_INF)
-        att = jax.nn.softmax(att, axis=-1).astype(q.dtype)
-        att = nn.Dropout(cfg.dropout)(att, deterministic=not train)
-        y = jnp.einsum(f"bhts,{kv_layout}->bthd", att, v.astype(q.dtype)).reshape(B, T, C)  # (B, T, C)
+        if kv is None:  # training / full forward: keys and values are (B, T, H, D), s indexes T
+            att = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(D)  # (B, H, T, S=T)
+            att = self._probs(att, jnp.arange(T), jnp.arange(T), train)
+            y = jnp.einsum("bhts,bshd->bthd", att, v)  # (B, T, H, D)
+            new_kv = None
+        else:  # with a cache: write this call's keys and values at [pos, pos + T), attend over the whole cache
+            # Batch and heads flattened (B * H), keys transposed: the cache enters the attention matmuls as
+            # stored, `q (T, D) @ k (D, S)` and `att (T, S) @ v (S, D)`, so XLA updates it in place. With a 4-d
+            # or (S, D) key cache, XLA:CPU copied every layer's cache (up to 4 times) every decoded token.
+            k_cache, v_cache = kv  # (B * H, D, S), (B * H, S, D)
+            S = k_cache.shape[-1]
+            k_new = k.transpose(0, 2, 3, 1).reshape(B * H, D, T).astype(k_cache.dtype)
+            v_new = v.transpose(0, 2, 1, 3).reshape(B * H, T, D).astype(v_cache.dtype)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k_new, (0, 0, pos))
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v_new, (0, pos, 0))
+            new_kv = (k_cache, v_cache)
+            q = q.transpose(0, 2, 1, 3).reshape(B * H, T, D)
+            att = jnp.einsum("ntd,nds->nts", q, k_cache.astype(q.dtype)) / math.sqrt(D)  # (B * H, T, S)
+            att = self._probs(att.reshape(B, H, T, S), pos + jnp.arange(T), jnp.arange(S), train)
+            y = jnp.einsum("nts,nsd->ntd", att.reshape(B * H, T, S), v_cache.astype(q.dtype))  # (B * H, T, D)
+            y = y.reshape(B, H, T, D).transpose(0, 2, 1, 3)  # (B, T, H, D)
+        y = y.reshape(B, T, C)
         y = dense(C, 0.02 / math.sqrt(2 * cfg.n_layer), "c_proj")(y)  # GPT-2's scaled residual init
         y = nn.Dropout(cfg.dropout)(y, deterministic=not train)
         return y, new_kv
+
+    def _probs(self, att, q_pos, k_pos, train: bool):
+        """Attention scores (B, H, T, S) -> causal softmax probabilities (in float32, then the compute dtype)."""
+        mask = k_pos[None, :] <= q_pos[:, None]  # (T, S): a query sees itself and the past only
+        probs = jax.nn.softmax(jnp.where(mask, att.astype(jnp.float32), _NEG_INF), axis=-1).astype(att.dtype)
+        return nn.Dropout(self.cfg.dropout)(probs, deterministic=not train)
 
 
 class MLP(nn.Module):

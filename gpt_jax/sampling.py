@@ -75,20 +75,10 @@ class Sampler:
         temperature, top_k, top_p = settings
         keep = cache_len // 2
 
-        def cond(s):
+        def running(s):
             return (s["n"] < until) & ~jnp.all(s["done"])
 
-        def refill(s, tok):  # cache full: rebuild it from the last `keep` tokens (incl. the new one)
-            window = jax.lax.dynamic_slice_in_dim(s["tokens"], s["n"] + 1 - keep, cache_len, axis=1)
-            logits, cache = self.logits_fn(params, window, self.make_cache(tok.shape[0], cache_len))
-            cache["pos"] = jnp.asarray(keep, jnp.int32)
-            return logits[:, keep - 1], cache
-
-        def step(s, tok):
-            logits, cache = self.logits_fn(params, tok[:, None], s["cache"])  # (B, 1, V)
-            return logits[:, 0], cache
-
-        def body(s):
+        def emit(s):  # samples the next token from s["logits"] and writes it at position n
             rng, key = jax.random.split(s["rng"])
             tok = sample_logits(s["logits"], key, temperature, top_k, top_p)  # (B,)
             if self.eos_id is not None:
@@ -97,11 +87,27 @@ class Sampler:
             else:
                 done = s["done"]
             tokens = jax.lax.dynamic_update_slice(s["tokens"], tok[:, None], (0, s["n"]))
-            s = dict(s, tokens=tokens, rng=rng, done=done)
-            logits, cache = jax.lax.cond(s["cache"]["pos"] >= cache_len, refill, step, s, tok)
-            return dict(s, n=s["n"] + 1, logits=logits, cache=cache)
+            return dict(s, tokens=tokens, rng=rng, done=done, n=s["n"] + 1), tok
 
-        return jax.lax.while_loop(cond, body, state)
+        def step(s):  # one token through the model, attending over the cache
+            s, tok = emit(s)
+            logits, cache = self.logits_fn(params, tok[:, None], s["cache"])  # (B, 1, V)
+            return dict(s, logits=logits[:, 0], cache=cache)
+
+        def refill(s):  # cache full: one token, then the cache rebuilt from the last `keep` tokens (incl. it)
+            s, tok = emit(s)
+            window = jax.lax.dynamic_slice_in_dim(s["tokens"], s["n"] - keep, cache_len, axis=1)
+            logits, cache = self.logits_fn(params, window, self.make_cache(tok.shape[0], cache_len))
+            cache["pos"] = jnp.asarray(keep, jnp.int32)
+            return dict(s, logits=logits[:, keep - 1], cache=cache)
+
+        def segment(s):
+            # Steps until the cache is full (or done), then one refill if still running. The refill's `cond`
+            # stays out of the per-token loop: inside it, XLA copied every cache array every token.
+            s = jax.lax.while_loop(lambda s: running(s) & (s["cache"]["pos"] < cache_len), step, s)
+            return jax.lax.cond(running(s), refill, lambda s: s, s)
+
+        return jax.lax.while_loop(running, segment, state)
 
     # ------------------------------------------------------------------------------------ driver
 

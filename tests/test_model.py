@@ -70,7 +70,8 @@ def test_cached_decoding_equals_full_forward(norm):
         logits, cache = step(params, ids[:, t : t + 1], cache)
         np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5, err_msg=f"position {t}")
     assert int(cache["pos"]) == cfg.block_size
-    assert cache["k"][0].shape == (2, cfg.n_head, cfg.block_size, cfg.head_dim)  # (B, H, S, D)
+    assert cache["k"][0].shape == (2 * cfg.n_head, cfg.head_dim, cfg.block_size)  # (B * H, D, S)
+    assert cache["v"][0].shape == (2 * cfg.n_head, cfg.block_size, cfg.head_dim)  # (B * H, S, D)
 
 
 def test_dropout_only_in_training():
