@@ -7,8 +7,11 @@ that could be loaded; leftover temporaries are cleaned up on the next start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 from typing import Any, Optional
 
 import jax
@@ -50,7 +53,8 @@ class Checkpointer:
         self.save(step, state.params, state.opt_state, {"step": state.step, "rng": state.rng}, meta)
 
     def save_on_interrupt(self, state, start: int, meta: dict) -> int:
-        """Ctrl-C: checkpoint the step reached (unless already saved), wait for the files; returns that step."""
+        """Ctrl-C: checkpoint the step reached (unless saved or being saved: `latest_step()` counts a step whose
+        asynchronous save is still running), wait for the files; returns that step."""
         done = int(jax.device_get(state.step))
         if done > start and self.latest_step() != done:
             self.save_state(done, state, meta)
@@ -78,6 +82,35 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class StopRequested(KeyboardInterrupt):
+    """Raised by a training loop between steps after Ctrl-C or SIGTERM (see `stop_on_signals`)."""
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Inside: Ctrl-C (SIGINT) and SIGTERM only set `flag.is_set()`; the training loop checks it between steps,
+    raises StopRequested and checkpoints, so the signal never lands inside a half-done step or an Orbax save.
+    A second signal acts at once (KeyboardInterrupt / termination). Handlers are only installed on the main
+    thread (elsewhere the flag stays unset and signals behave as usual)."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(sig, frame):
+        flag.set()
+        signal.signal(sig, previous[sig])  # the next one is not deferred
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
 
 def abstract_like(tree, sharding):

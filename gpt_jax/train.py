@@ -249,34 +249,39 @@ def train_and_evaluate(config, workdir: str) -> dict:
     t_log, step_log = time.time(), start
     val_loss = None
     step = start
-    try:
-        for step in range(start + 1, max_steps + 1):
-            state, m = train_step(state, shard_lib.put_batch(batches(step - 1), mesh))
-            if step % int(tc.log_every) == 0 or step == max_steps:
-                m = jax.device_get(m)
-                now = time.time()
-                tok_s = (step - step_log) * B * T / max(now - t_log, 1e-9)
-                t_log, step_log = now, step
-                mfu = fpt * tok_s / peak if peak else None
-                writer.write(step, train_loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
-                             tokens_per_sec=tok_s, mfu=mfu)
-                bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * (mfu or 0):.1f}%")
-                if not math.isfinite(float(m["loss"])):
-                    raise FloatingPointError(f"loss is {m['loss']} at step {step}; lower optim.learning_rate")
-            if (int(tc.eval_every) and step % int(tc.eval_every) == 0) or step == max_steps:
-                val_loss = evaluate(eval_step, state.params, val_batches, mesh)
-                writer.write(step, val_loss=val_loss)
-                bar.write(f"step {step}: val loss {val_loss:.4f}", file=sys.stderr)
-                t_log = time.time()  # evaluation time is not training throughput
-            if (int(tc.checkpoint_every) and step % int(tc.checkpoint_every) == 0) or step == max_steps:
-                ckpt.save_state(step, state, meta)
-            bar.update(1)
-    except KeyboardInterrupt:
-        done = ckpt.save_on_interrupt(state, start, meta)
-        _log(f"\ninterrupted at step {done}; checkpoint saved, rerun the same command to resume")
-        raise
-    finally:
-        bar.close()
+    with ckpt_lib.stop_on_signals() as stop:
+        try:
+            for step in range(start + 1, max_steps + 1):
+                state, m = train_step(state, shard_lib.put_batch(batches(step - 1), mesh))
+                if step % int(tc.log_every) == 0 or step == max_steps:
+                    m = jax.device_get(m)
+                    now = time.time()
+                    tok_s = (step - step_log) * B * T / max(now - t_log, 1e-9)
+                    t_log, step_log = now, step
+                    mfu = fpt * tok_s / peak if peak else None
+                    writer.write(step, train_loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
+                                 tokens_per_sec=tok_s, mfu=mfu)
+                    bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tok_s:,.0f}",
+                                    mfu=f"{100 * (mfu or 0):.1f}%")
+                    if not math.isfinite(float(m["loss"])):
+                        raise FloatingPointError(f"loss is {m['loss']} at step {step}; "
+                                                 "lower optim.learning_rate")
+                if (int(tc.eval_every) and step % int(tc.eval_every) == 0) or step == max_steps:
+                    val_loss = evaluate(eval_step, state.params, val_batches, mesh)
+                    writer.write(step, val_loss=val_loss)
+                    bar.write(f"step {step}: val loss {val_loss:.4f}", file=sys.stderr)
+                    t_log = time.time()  # evaluation time is not training throughput
+                if (int(tc.checkpoint_every) and step % int(tc.checkpoint_every) == 0) or step == max_steps:
+                    ckpt.save_state(step, state, meta)
+                bar.update(1)
+                if stop.is_set():  # Ctrl-C / SIGTERM, deferred to this step boundary
+                    raise ckpt_lib.StopRequested
+        except KeyboardInterrupt:
+            done = ckpt.save_on_interrupt(state, start, meta)
+            _log(f"\ninterrupted at step {done}; checkpoint saved, rerun the same command to resume")
+            raise
+        finally:
+            bar.close()
     if start >= max_steps:
         val_loss = evaluate(eval_step, state.params, val_batches, mesh)
     ckpt.wait()

@@ -301,28 +301,32 @@ def finetune(config, workdir: str) -> dict:
 
     bar = tqdm(total=total, initial=start, disable=not tc.progress_bar, dynamic_ncols=True, file=sys.stderr)
     result = {}
-    try:
-        for step in range(start + 1, total + 1):
-            batch = formats.train_batch(train_enc, B, max_length, seed, step - 1)
-            state, m = train_step(state, shard_lib.put_batch(batch, mesh))
-            if step % int(tc.log_every) == 0 or step % spe == 0:
-                m = jax.device_get(m)
-                if not math.isfinite(float(m["loss"])):
-                    raise FloatingPointError(f"loss is {m['loss']} at step {step}; lower optim.learning_rate")
-                writer.write(step, epoch=step / spe, train_loss=m["loss"], task_loss=m["task_loss"],
-                             lm_loss=m.get("lm_loss"), lr=m["lr"], grad_norm=m["grad_norm"])
-                bar.set_postfix(loss=f"{m['loss']:.4f}", task=f"{m['task_loss']:.4f}")
-            if step % spe == 0:
-                if eval_enc is not None:
-                    result = evaluate(step)
-                ckpt.save_state(step, state, meta)
-            bar.update(1)
-    except KeyboardInterrupt:
-        done = ckpt.save_on_interrupt(state, start, meta)
-        _log(f"\ninterrupted at step {done}; checkpoint saved, rerun the same command to resume")
-        raise
-    finally:
-        bar.close()
+    with ckpt_lib.stop_on_signals() as stop:
+        try:
+            for step in range(start + 1, total + 1):
+                batch = formats.train_batch(train_enc, B, max_length, seed, step - 1)
+                state, m = train_step(state, shard_lib.put_batch(batch, mesh))
+                if step % int(tc.log_every) == 0 or step % spe == 0:
+                    m = jax.device_get(m)
+                    if not math.isfinite(float(m["loss"])):
+                        raise FloatingPointError(f"loss is {m['loss']} at step {step}; "
+                                                 "lower optim.learning_rate")
+                    writer.write(step, epoch=step / spe, train_loss=m["loss"], task_loss=m["task_loss"],
+                                 lm_loss=m.get("lm_loss"), lr=m["lr"], grad_norm=m["grad_norm"])
+                    bar.set_postfix(loss=f"{m['loss']:.4f}", task=f"{m['task_loss']:.4f}")
+                if step % spe == 0:
+                    if eval_enc is not None:
+                        result = evaluate(step)
+                    ckpt.save_state(step, state, meta)
+                bar.update(1)
+                if stop.is_set():  # Ctrl-C / SIGTERM, deferred to this step boundary
+                    raise ckpt_lib.StopRequested
+        except KeyboardInterrupt:
+            done = ckpt.save_on_interrupt(state, start, meta)
+            _log(f"\ninterrupted at step {done}; checkpoint saved, rerun the same command to resume")
+            raise
+        finally:
+            bar.close()
     if start >= total:
         _log(f"{workdir} already finished at step {start}")
         if eval_enc is not None:
