@@ -210,3 +210,8 @@ def count_params(params, *, exclude_positions: bool = False) -> int:
     if exclude_positions:
         n -= params["wpe"].size
     return int(n)
+
+
+def head_weight(params, cfg: ModelConfig):
+    """The output projection as (padded_vocab, C): the tied token embedding, or the untied head's kernel, transposed."""
+    return params["wte"] if cfg.tie_embeddings else params["lm_head"]["kernel"].T

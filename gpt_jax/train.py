@@ -19,13 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec as P
 
 from gpt_jax import checkpoint as ckpt_lib
 from gpt_jax import data as data_lib
 from gpt_jax import metrics as metrics_lib
 from gpt_jax import sharding as shard_lib
 from gpt_jax.config import ModelConfig, model_config
-from gpt_jax.model import GPT, count_params, init_params
+from gpt_jax.losses import lm_loss
+from gpt_jax.model import GPT, count_params, head_weight, init_params
 
 
 @flax.struct.dataclass
@@ -72,42 +75,84 @@ def make_optimizer(optim, max_steps: int):
 # ----------------------------------------------------------------------------------------- steps
 
 
-def cross_entropy(logits, targets):
-    """Per-token -log p(target): logits (..., V) float32, targets (...) int32 -> (...)."""
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return lse - picked
+def weighted_nll(params, model: GPT, inputs, targets, weights, rng=None, train: bool = False, rows=None):
+    """sum over tokens of weights * -log p(target), through the fused output projection + cross-entropy
+    (`gpt_jax.losses.lm_loss`: no (B, T, vocab) logits); padded vocab columns carry no mass.
+
+    With dropout, row r of the batch draws its masks from fold_in(rng, rows[r]) (rows: each row's index in the
+    global batch, default 0..B-1), so a row's masks do not depend on how the batch is split over devices or
+    microbatches."""
+    if train and model.cfg.dropout > 0:
+        rows = jnp.arange(inputs.shape[0]) if rows is None else rows
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, rows)
+
+        def one_row(ids, key):  # (T,) -> (T, C)
+            return model.apply({"params": params}, ids[None], train=True, rngs={"dropout": key},
+                               method=GPT.hidden)[0][0]
+
+        h = jax.vmap(one_row)(inputs, keys)  # (B, T, C); the matmuls still see all B * T rows at once
+    else:
+        h, _ = model.apply({"params": params}, inputs, method=GPT.hidden)  # (B, T, C)
+    return lm_loss(h, head_weight(params, model.cfg), targets, weights, model.cfg.vocab_size)
 
 
-def loss_fn(params, model: GPT, batch, rng=None, train: bool = False):
-    """Mean next-token negative log-likelihood (nats/token) over the batch; padded vocab columns carry no mass."""
-    rngs = {"dropout": rng} if train else None
-    logits = model.apply({"params": params}, batch["inputs"], train=train, padded=True, rngs=rngs)  # (B, T, V)
-    return cross_entropy(logits, batch["targets"]).mean()
+def loss_fn(params, model: GPT, batch, rng=None, train: bool = False, rows=None):
+    """Mean next-token negative log-likelihood (nats/token) over the batch."""
+    targets = batch["targets"]
+    return weighted_nll(params, model, batch["inputs"], targets, jnp.full(targets.shape, 1.0 / targets.size),
+                        rng, train, rows)
 
 
-def make_train_step(model: GPT, tx, mesh, grad_accum_steps: int = 1, schedule=None):
-    """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated."""
+def make_train_step(model: GPT, tx, mesh, grad_accum_steps: int = 1, schedule=None,
+                    flat_grad_reduce: Optional[bool] = None):
+    """The jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
+
+    Data parallel over the mesh. On accelerators XLA's partitioner (GSPMD) places the gradient all-reduces, where
+    they overlap the backward pass. Where the devices are CPU threads (`flat_grad_reduce`, the default on CPU), each
+    device computes its rows' loss and gradients in `shard_map` and all of them are averaged as one flat buffer:
+    XLA:CPU synchronizes the devices once per all-reduced array, and one array instead of one per parameter took the
+    char model's step from 36-42 to 32-37 ms on 2 cores (docs/performance.md)."""
     A = int(grad_accum_steps)
     repl, data = shard_lib.replicated(mesh), shard_lib.batch_sharding(mesh)
+    n_dev = mesh.devices.size
+    if flat_grad_reduce is None:
+        flat_grad_reduce = n_dev > 1 and mesh.devices.flat[0].platform == "cpu"
+
+    def loss_and_grads(params, batch, key, first_row):
+        """Mean loss and gradients over `batch`, whose row r is row first_row + r of the global batch."""
+        grad_fn = jax.value_and_grad(partial(loss_fn, model=model, train=True))
+        B = batch["inputs"].shape[0]
+        if A == 1:
+            return grad_fn(params, batch=batch, rng=key, rows=first_row + jnp.arange(B))
+        # microbatch i takes rows i, i + A, i + 2A, ...: every device keeps its own rows (no resharding)
+        micro = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x.reshape(-1, A, *x.shape[1:]), 0, 1), batch)
+
+        def body(carry, xs):
+            i, mb = xs
+            l, g = grad_fn(params, batch=mb, rng=key, rows=first_row + i + A * jnp.arange(B // A))
+            return jax.tree_util.tree_map(jnp.add, carry, (l, g)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, params))
+        (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(A), micro))
+        return jax.tree_util.tree_map(lambda x: x / A, (loss, grads))
+
+    if flat_grad_reduce:
+        def local(params, batch, key):  # one device's rows -> the global mean loss and gradients
+            first = jax.lax.axis_index("data") * batch["inputs"].shape[0]
+            loss, grads = loss_and_grads(params, batch, key, first)
+            flat, unravel = ravel_pytree(grads)
+            flat = jax.lax.pmean(jnp.concatenate([flat, loss[None].astype(flat.dtype)]), "data")
+            return flat[-1], unravel(flat[:-1])
+
+        # check_vma=False: the gradients stay per-device (no automatic per-parameter psum) until the one pmean
+        global_loss_and_grads = jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data"), P()),
+                                              out_specs=(P(), P()), check_vma=False)
+    else:
+        global_loss_and_grads = partial(loss_and_grads, first_row=0)
 
     def train_step(state: TrainState, batch):
         key = jax.random.fold_in(state.rng, state.step)
-        grad_fn = jax.value_and_grad(partial(loss_fn, model=model, train=True))
-        if A == 1:
-            loss, grads = grad_fn(state.params, batch=batch, rng=key)
-        else:
-            # microbatch i takes rows i, i + A, i + 2A, ...: every device keeps its own rows (no resharding)
-            micro = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x.reshape(-1, A, *x.shape[1:]), 0, 1), batch)
-
-            def body(carry, xs):
-                i, mb = xs
-                l, g = grad_fn(state.params, batch=mb, rng=jax.random.fold_in(key, i))
-                return jax.tree_util.tree_map(jnp.add, carry, (l, g)), None
-
-            zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, state.params))
-            (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(A), micro))
-            loss, grads = jax.tree_util.tree_map(lambda x: x / A, (loss, grads))
+        loss, grads = global_loss_and_grads(state.params, batch, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -123,10 +168,8 @@ def make_eval_step(model: GPT, mesh):
     repl, data = shard_lib.replicated(mesh), shard_lib.batch_sharding(mesh)
 
     def eval_step(params, batch):
-        logits = model.apply({"params": params}, batch["inputs"], padded=True)
-        losses = cross_entropy(logits, batch["targets"])  # (B, T)
-        w = batch["weights"][:, None] * jnp.ones_like(losses)
-        return (losses * w).sum(), w.sum()
+        w = jnp.broadcast_to(batch["weights"][:, None], batch["targets"].shape)  # (B, T)
+        return weighted_nll(params, model, batch["inputs"], batch["targets"], w), w.sum()
 
     return jax.jit(eval_step, in_shardings=(repl, data), out_shardings=(repl, repl))
 

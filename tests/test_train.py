@@ -60,14 +60,17 @@ def test_loss_matches_uniform_at_init_and_decreases():
     assert int(state.step) == 30
 
 
-def test_grad_accumulation_equals_full_batch():
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_grad_accumulation_equals_full_batch(dropout):
+    """Also with dropout: each row draws its masks from its index in the global batch, not its microbatch."""
+    cfg = CFG.replace(dropout=dropout)
     mesh = shard_lib.make_mesh(jax.devices()[:1])
     tx, _ = train_lib.make_optimizer(optim(), 100)
     b = batch()
     out = []
     for accum in (1, 4):
-        state = train_lib.init_state(CFG, tx, 0, mesh)
-        step = train_lib.make_train_step(GPT(CFG), tx, mesh, accum)
+        state = train_lib.init_state(cfg, tx, 0, mesh)
+        step = train_lib.make_train_step(GPT(cfg), tx, mesh, accum)
         state, m = step(state, shard_lib.put_batch(b, mesh))
         out.append((float(m["loss"]), float(m["grad_norm"]), state.params))
     assert out[0][0] == pytest.approx(out[1][0], rel=1e-5)
@@ -100,28 +103,31 @@ EIGHT_DEVICES = textwrap.dedent("""
     x = np.random.default_rng(0).integers(0, 40, (16, 17)).astype(np.int32)
     b = {"inputs": x[:, :-1], "targets": x[:, 1:]}
     out = {}
-    for n in (1, 8):
+    for n, flat in ((1, None), (8, True), (8, False)):  # 8 devices: the CPU flat reduction and XLA's (GSPMD)
         mesh = shard_lib.make_mesh(jax.devices()[:n])
         tx, _ = train_lib.make_optimizer(o, 100)
         state = train_lib.init_state(cfg, tx, 0, mesh)
-        step = train_lib.make_train_step(GPT(cfg), tx, mesh, 2)
+        step = train_lib.make_train_step(GPT(cfg), tx, mesh, 2, flat_grad_reduce=flat)
         losses = []
         for _ in range(3):
             state, m = step(state, shard_lib.put_batch(b, mesh))
             losses.append(float(m["loss"]))
-        out[n] = {"losses": losses, "devices": len(state.params["wte"].sharding.device_set),
-                  "wte": float(np.asarray(state.params["wte"]).sum())}
+        out[f"{n} {flat}"] = {"losses": losses, "devices": len(state.params["wte"].sharding.device_set),
+                              "wte": float(np.asarray(state.params["wte"]).sum())}
     print(json.dumps(out))
 """)
 
 
 def test_eight_simulated_devices_match_one(cli):
+    """Dropout on, 2 microbatches: the same losses and parameters on 1 device and on 8, with either reduction."""
     proc = cli(["-c", EIGHT_DEVICES], env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    one, eight = out["1"], out["8"]
-    assert eight["devices"] == 8 and one["devices"] == 1
-    np.testing.assert_allclose(one["losses"], eight["losses"], rtol=1e-5)
-    assert one["wte"] == pytest.approx(eight["wte"], rel=1e-4, abs=1e-4)
+    one = out["1 None"]
+    assert one["devices"] == 1
+    for eight in (out["8 True"], out["8 False"]):
+        assert eight["devices"] == 8
+        np.testing.assert_allclose(one["losses"], eight["losses"], rtol=1e-5)
+        assert one["wte"] == pytest.approx(eight["wte"], rel=1e-4, abs=1e-4)
 
 
 def test_mfu_flop_count_matches_xla_cost_analysis():

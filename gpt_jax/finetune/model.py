@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
-from gpt_jax.model import GPT
-from gpt_jax.train import cross_entropy
+from gpt_jax.losses import cross_entropy, lm_loss
+from gpt_jax.model import GPT, head_weight
 
 _NEG_INF = -1e30
 
@@ -25,7 +25,7 @@ class FinetuneModel(nn.Module):
 
     @nn.compact
     def __call__(self, ids, lengths, *, train: bool = False, with_lm: bool = False):
-        """ids (B, S, T), lengths (B, S) -> (task outputs, LM logits (B*S, T, padded_vocab) or None).
+        """ids (B, S, T), lengths (B, S) -> (task outputs, GPT's final hidden states (B*S, T, C) or None).
 
         Task outputs: (B, K) class logits (similarity: from the sum of both orders' states; regression K = 1),
         or (B, S) answer scores for multiple choice, -1e30 where an example has fewer answers.
@@ -43,8 +43,9 @@ class FinetuneModel(nn.Module):
             out = jnp.where(lengths > 0, out[..., 0], _NEG_INF)  # (B, S)
         else:
             out = out[:, 0]  # (B, K)
-        lm_logits = gpt.logits(h, padded=True) if with_lm else None
-        return out, lm_logits
+        if with_lm and self.is_initializing():
+            gpt.logits(h[:, :1])  # creates an untied lm_head's parameters; the LM loss reads them in `loss_fn`
+        return out, (h if with_lm else None)
 
 
 def task_losses(out, labels, regression: bool):
@@ -54,16 +55,16 @@ def task_losses(out, labels, regression: bool):
     return cross_entropy(out, labels)
 
 
-def lm_loss_sums(lm_logits, ids, lengths, weights, vocab_size: int):
+def lm_loss_sums(h, head_w, ids, lengths, weights, vocab_size: int):
     """(sum of -log p, count) over next-token targets that are real tokens: inside the sequence (not padding)
-    and not a special token (ids >= vocab_size), in rows with weight > 0."""
+    and not a special token (ids >= vocab_size), in rows with weight > 0. h: (B*S, T, C) hidden states, head_w:
+    (padded_vocab, C); the fused `lm_loss` never holds the (B*S, T, vocab) logits."""
     B, S, T = ids.shape
     flat = ids.reshape(B * S, T)
     targets = flat[:, 1:]  # (B*S, T-1)
     inside = jnp.arange(1, T)[None, :] < lengths.reshape(B * S, 1)
     w = (inside & (targets < vocab_size)).astype(jnp.float32) * jnp.repeat(weights, S)[:, None]
-    losses = cross_entropy(lm_logits[:, :-1], targets)
-    return (losses * w).sum(), w.sum()
+    return lm_loss(h[:, :-1], head_w, targets, w, vocab_size), w.sum()
 
 
 def loss_fn(params, model: FinetuneModel, batch, rng=None, train: bool = False, aux_lm_weight: float = 0.5,
@@ -71,14 +72,15 @@ def loss_fn(params, model: FinetuneModel, batch, rng=None, train: bool = False, 
     """L = L_task + aux_lm_weight * L_lm, each a mean over the weighted examples / tokens; (L, parts)."""
     rngs = {"dropout": rng} if train else None
     with_lm = aux_lm_weight > 0
-    out, lm_logits = model.apply({"params": params}, batch["ids"], batch["lengths"], train=train, with_lm=with_lm,
-                                 rngs=rngs)
+    out, h = model.apply({"params": params}, batch["ids"], batch["lengths"], train=train, with_lm=with_lm,
+                         rngs=rngs)
     w = batch["weights"]
     task = (task_losses(out, batch["labels"], regression) * w).sum() / jnp.maximum(w.sum(), 1.0)
     parts = {"task_loss": task}
     total = task
     if with_lm:
-        s, n = lm_loss_sums(lm_logits, batch["ids"], batch["lengths"], w, model.cfg.vocab_size)
+        s, n = lm_loss_sums(h, head_weight(params["gpt"], model.cfg), batch["ids"], batch["lengths"], w,
+                            model.cfg.vocab_size)
         parts["lm_loss"] = s / jnp.maximum(n, 1.0)
         total = total + aux_lm_weight * parts["lm_loss"]
     return total, parts
