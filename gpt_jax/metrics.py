@@ -59,6 +59,23 @@ def device_peak_flops(given: float = 0.0) -> float:
     return measured_matmul_peak()  # CPU: all simulated "devices" share the same cores
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter. Its module imports torch, when installed, only to accept torch tensors (we log
+    floats): 2-5 s of start-up, so torch is hidden during that import unless something already loaded it."""
+    import sys
+
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Appends one JSON object per event to WORKDIR/metrics.jsonl and mirrors scalars to TensorBoard."""
 
@@ -66,9 +83,7 @@ class MetricsWriter:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop events logged after the restored step (they will be logged again)."""
