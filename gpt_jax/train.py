@@ -114,9 +114,8 @@ def make_train_step(model: GPT, tx, mesh, grad_accum_steps: int = 1, schedule=No
     char model's step from 36-42 to 32-37 ms on 2 cores (docs/performance.md)."""
     A = int(grad_accum_steps)
     repl, data = shard_lib.replicated(mesh), shard_lib.batch_sharding(mesh)
-    n_dev = mesh.devices.size
     if flat_grad_reduce is None:
-        flat_grad_reduce = n_dev > 1 and mesh.devices.flat[0].platform == "cpu"
+        flat_grad_reduce = shard_lib.cpu_threads(mesh)
 
     def loss_and_grads(params, batch, key, first_row):
         """Mean loss and gradients over `batch`, whose row r is row first_row + r of the global batch."""
@@ -160,7 +159,8 @@ def make_train_step(model: GPT, tx, mesh, grad_accum_steps: int = 1, schedule=No
             metrics["lr"] = schedule(state.step)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return jax.jit(train_step, donate_argnums=0, in_shardings=(repl, data), out_shardings=(repl, repl))
+    step = jax.jit(train_step, donate_argnums=0, in_shardings=(repl, data), out_shardings=(repl, repl))
+    return shard_lib.one_step_in_flight(step, mesh)
 
 
 def make_eval_step(model: GPT, mesh):

@@ -117,7 +117,8 @@ def make_train_step(model: FinetuneModel, tx, mesh, aux_lm_weight: float, regres
         metrics = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return jax.jit(train_step, donate_argnums=0, in_shardings=(repl, data), out_shardings=(repl, repl))
+    step = jax.jit(train_step, donate_argnums=0, in_shardings=(repl, data), out_shardings=(repl, repl))
+    return shard_lib.one_step_in_flight(step, mesh)
 
 
 def make_predict_step(model: FinetuneModel, mesh):
