@@ -28,8 +28,18 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def _no_replica_slicing_on_cpu() -> None:
+    """Orbax splits a replicated array's write across its replicas ("replica parallel"), which helps many hosts
+    but on CPU devices (threads of one process) only slices every array on device first: one XLA compile per
+    array shape at the first save (18 for the char model, about a second). Off on CPU."""
+    if jax.devices()[0].platform == "cpu":
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpointer:
     def __init__(self, workdir: str, max_to_keep: Optional[int] = 3, create: bool = True):
+        _no_replica_slicing_on_cpu()
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                                cleanup_tmp_directories=create, read_only=not create)
         self.directory = checkpoint_dir(workdir)
