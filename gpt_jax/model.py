@@ -50,40 +50,8 @@ def init_cache(cfg: ModelConfig, batch_size: int, length: Optional[int] = None, 
     }
 
 
-class Dense(nn.Module):
-    """y = x @ kernel + bias, as nn.Dense (same parameters, initialization and dtype handling), with the kernel
-    stored (in, out); with `transposed`, stored (out, in): the layout in which XLA:CPU reads a weight fastest
-    for the matrix-vector products of decoding (`to_decode_layout` converts a model's parameters)."""
-    features: int
-    std: float = 0.02
-    dtype: Any = jnp.float32
-    use_bias: bool = True
-    transposed: bool = False
-
-    @nn.compact
-    def __call__(self, x):  # (..., in) -> (..., out)
-        d = x.shape[-1]
-        shape = (self.features, d) if self.transposed else (d, self.features)
-        kernel = self.param("kernel", _init(self.std), shape).astype(self.dtype)
-        x = x.astype(self.dtype)
-        y = jnp.einsum("...i,oi->...o", x, kernel) if self.transposed else jnp.dot(x, kernel)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
-        return y
-
-
-def to_decode_layout(params):
-    """A GPT's parameters with every Dense kernel transposed to (out, in), for `GPT(cfg, decode_layout=True)`:
-    decoding reads each weight once per token, and XLA:CPU's matrix-vector products read this layout faster."""
-    def convert(path, x):
-        return x.T if path[-1].key == "kernel" else x
-
-    return jax.tree_util.tree_map_with_path(convert, params)
-
-
 class CausalSelfAttention(nn.Module):
     cfg: ModelConfig
-    decode_layout: bool = False
 
     @nn.compact
     def __call__(self, x, *, train: bool, kv=None, pos=None):
@@ -91,7 +59,7 @@ class CausalSelfAttention(nn.Module):
         cfg = self.cfg
         B, T, C = x.shape
         H, D = cfg.n_head, cfg.head_dim
-        dense = lambda n, std, name: Dense(n, std, _dtype(cfg), transposed=self.decode_layout, name=name)
+        dense = lambda n, std, name: nn.Dense(n, dtype=_dtype(cfg), kernel_init=_init(std), name=name)
         qkv = dense(3 * C, 0.02, "c_attn")(x)  # (B, T, 3C), one fused matmul
         q, k, v = jnp.split(qkv.reshape(B, T, 3, H, D), 3, axis=2)
         q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # (B, T, H, D)
@@ -131,29 +99,27 @@ class CausalSelfAttention(nn.Module):
 
 class MLP(nn.Module):
     cfg: ModelConfig
-    decode_layout: bool = False
 
     @nn.compact
     def __call__(self, x, *, train: bool):  # (B, T, C) -> (B, T, C)
         cfg = self.cfg
-        h = Dense(cfg.d_ff, 0.02, _dtype(cfg), transposed=self.decode_layout, name="c_fc")(x)  # (B, T, F)
+        h = nn.Dense(cfg.d_ff, dtype=_dtype(cfg), kernel_init=_init(0.02), name="c_fc")(x)  # (B, T, F)
         h = jax.nn.gelu(h, approximate=cfg.activation == "gelu_tanh")  # tanh GELU, as GPT-1/2
-        h = Dense(cfg.d_model, 0.02 / math.sqrt(2 * cfg.n_layer), _dtype(cfg), transposed=self.decode_layout,
-                  name="c_proj")(h)
+        h = nn.Dense(cfg.d_model, dtype=_dtype(cfg), kernel_init=_init(0.02 / math.sqrt(2 * cfg.n_layer)),
+                     name="c_proj")(h)
         return nn.Dropout(cfg.dropout)(h, deterministic=not train)
 
 
 class Block(nn.Module):
     cfg: ModelConfig
-    decode_layout: bool = False
 
     @nn.compact
     def __call__(self, x, *, train: bool, kv=None, pos=None):  # (B, T, C) -> (B, T, C)
         cfg = self.cfg
         ln_1 = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_1")
         ln_2 = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_2")
-        attn = CausalSelfAttention(cfg, self.decode_layout, name="attn")
-        mlp = MLP(cfg, self.decode_layout, name="mlp")
+        attn = CausalSelfAttention(cfg, name="attn")
+        mlp = MLP(cfg, name="mlp")
         if cfg.norm_position == "pre":  # GPT-2: x + f(LN(x))
             a, kv = attn(ln_1(x), train=train, kv=kv, pos=pos)
             x = x + a
@@ -167,18 +133,17 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     cfg: ModelConfig
-    decode_layout: bool = False  # Dense kernels stored (out, in): parameters from `to_decode_layout`
 
     def setup(self):
         cfg = self.cfg
         self.wte = self.param("wte", _init(0.02), (cfg.padded_vocab, cfg.d_model))  # (V, C)
         self.wpe = self.param("wpe", _init(0.02), (cfg.block_size, cfg.d_model))  # (block_size, C)
-        self.blocks = [Block(cfg, self.decode_layout, name=f"h_{i}") for i in range(cfg.n_layer)]
+        self.blocks = [Block(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
         if cfg.norm_position == "pre":
             self.ln_f = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_f")
         if not cfg.tie_embeddings:
-            self.lm_head = Dense(cfg.padded_vocab, 0.02, _dtype(cfg), use_bias=False, transposed=self.decode_layout,
-                                 name="lm_head")
+            self.lm_head = nn.Dense(cfg.padded_vocab, use_bias=False, dtype=_dtype(cfg),
+                                    kernel_init=_init(0.02), name="lm_head")
         self.drop = nn.Dropout(cfg.dropout)
 
     def hidden(self, ids, *, train: bool = False, cache: Optional[Cache] = None):
@@ -249,4 +214,4 @@ def count_params(params, *, exclude_positions: bool = False) -> int:
 
 def head_weight(params, cfg: ModelConfig):
     """The output projection as (padded_vocab, C): the tied token embedding, or the untied head's kernel, transposed."""
-    return params["wte"] if cfg.tie_embeddings else params["lm_head"]["kernel"].T  # (not the decode layout)
+    return params["wte"] if cfg.tie_embeddings else params["lm_head"]["kernel"].T

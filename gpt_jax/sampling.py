@@ -3,9 +3,7 @@
 compile per (batch size, prompt-length bucket, total-length bucket, sampling settings).
 
 The sampler only needs `logits_fn(params, ids (B, T), cache) -> (logits (B, T, V), cache)` and
-`make_cache(batch, length) -> cache`, so it can be tested with a stub model. Optionally the per-token loop runs a
-`decode_fn` of the same signature on `prepare(params)`: `model_sampler` decodes with the weights transposed
-(`gpt_jax.model.to_decode_layout`), converted once per call.
+`make_cache(batch, length) -> cache`, so it can be tested with a stub model.
 
 Generating past the model's context: when the cache is full, it is rebuilt from the last half-context of
 tokens (one prefill over `cache_len` tokens, then half a context of cheap steps), inside the same loop.
@@ -50,11 +48,8 @@ def sample_logits(logits, rng, temperature: float = 1.0, top_k: int = 0, top_p: 
 
 
 class Sampler:
-    def __init__(self, logits_fn: Callable, make_cache: Callable, block_size: int, eos_id: Optional[int] = None,
-                 decode_fn: Optional[Callable] = None, prepare: Optional[Callable] = None):
+    def __init__(self, logits_fn: Callable, make_cache: Callable, block_size: int, eos_id: Optional[int] = None):
         self.logits_fn, self.make_cache = logits_fn, make_cache
-        self.decode_fn = decode_fn or logits_fn  # the per-token steps (and refills), on prepare(params)
-        self.prepare = jax.jit(prepare) if prepare else (lambda params: params)
         self.block_size, self.eos_id = block_size, eos_id
         self._jitted: dict = {}
         self.traces = 0  # how many times a step function was traced (compiled); tests check it stays flat
@@ -96,13 +91,13 @@ class Sampler:
 
         def step(s):  # one token through the model, attending over the cache
             s, tok = emit(s)
-            logits, cache = self.decode_fn(params, tok[:, None], s["cache"])  # (B, 1, V)
+            logits, cache = self.logits_fn(params, tok[:, None], s["cache"])  # (B, 1, V)
             return dict(s, logits=logits[:, 0], cache=cache)
 
         def refill(s):  # cache full: one token, then the cache rebuilt from the last `keep` tokens (incl. it)
             s, tok = emit(s)
             window = jax.lax.dynamic_slice_in_dim(s["tokens"], s["n"] - keep, cache_len, axis=1)
-            logits, cache = self.decode_fn(params, window, self.make_cache(tok.shape[0], cache_len))
+            logits, cache = self.logits_fn(params, window, self.make_cache(tok.shape[0], cache_len))
             cache["pos"] = jnp.asarray(keep, jnp.int32)
             return dict(s, logits=logits[:, keep - 1], cache=cache)
 
@@ -148,8 +143,8 @@ class Sampler:
         prefill, decode = self._fns(num_samples, P_b, total, cache_len, settings)
         prompt = np.zeros((num_samples, P_b), np.int32)
         prompt[:, :P] = prompt_ids
-        state = prefill(params, jnp.asarray(prompt), jnp.asarray(P, jnp.int32), rng)
-        return self._chunks(decode, state, self.prepare(params), P, P + max_new_tokens, chunk)
+        return self._chunks(decode, prefill(params, jnp.asarray(prompt), jnp.asarray(P, jnp.int32), rng),
+                            params, P, P + max_new_tokens, chunk)
 
     @staticmethod
     def _chunks(decode, state, params, n, end, chunk):
@@ -169,21 +164,15 @@ class Sampler:
 
 
 def model_sampler(model, eos_id: Optional[int] = None) -> Sampler:
-    """A Sampler over a `gpt_jax.model.GPT`: the prompt through the model as trained, the per-token steps through
-    the same model with its weights transposed (one conversion per call; see `gpt_jax.model.to_decode_layout`)."""
-    from gpt_jax.model import GPT, init_cache, to_decode_layout
+    """A Sampler over a `gpt_jax.model.GPT`."""
+    from gpt_jax.model import init_cache
 
     cfg = model.cfg
-    decoder = GPT(cfg, decode_layout=True)
 
     def logits_fn(params, ids, cache):
         return model.apply({"params": params}, ids, cache=cache)
 
-    def decode_fn(decode_params, ids, cache):
-        return decoder.apply({"params": decode_params}, ids, cache=cache)
-
-    return Sampler(logits_fn, lambda b, n: init_cache(cfg, b, n), cfg.block_size, eos_id, decode_fn,
-                   to_decode_layout)
+    return Sampler(logits_fn, lambda b, n: init_cache(cfg, b, n), cfg.block_size, eos_id)
 
 
 def run_sampling(*, workdir=None, init_from=None, prompt=None, prompt_file=None, max_new_tokens=None,
