@@ -8,8 +8,9 @@ safetensors is absent; sharded `*.index.json` forms too). Reading weights needs 
 memory-mapped with numpy, and `.bin` files (torch pickles: a zip archive, or the older single-stream format)
 are read by a restricted unpickler that rebuilds tensors as numpy arrays and accepts nothing else.
 
-Weight names: HF's Conv1D stores (in, out), the layout of Flax Dense kernels, so only the embedding table
-(padded to `padded_vocab` rows with zeros) and an untied `lm_head` (transposed) change shape.
+Weight names: HF's Conv1D stores (in, out), our Dense kernels (out, in) (`gpt_jax.model.Dense`), so those are
+transposed once here; the embedding table and an untied `lm_head` (HF's Linear, already (out, in)) get zero rows
+up to `padded_vocab`.
 """
 
 from __future__ import annotations
@@ -469,7 +470,10 @@ def convert(tensors: dict[str, _Lazy], cfg: ModelConfig, kind: str, where: str =
         if name not in names:
             raise PretrainedError(f"{where} lack tensor {name!r} (for {'/'.join(path)}): the weights are incomplete, "
                                   f"or config.json ({summary}) describes another model")
-        want = (V, shape[1]) if path == ("wte",) else (V, shape[0]) if path == ("lm_head", "kernel") else shape
+        if path in (("wte",), ("lm_head", "kernel")):
+            want = (V, shape[1])
+        else:  # Conv1D kernels are stored (in, out)
+            want = shape[::-1] if path[-1] == "kernel" else shape
         t = tensors[names[name]]
         if t.shape != tuple(want):
             raise PretrainedError(f"tensor {names[name]!r} has shape {t.shape}, but config.json ({summary}) needs "
@@ -492,10 +496,10 @@ def convert(tensors: dict[str, _Lazy], cfg: ModelConfig, kind: str, where: str =
         except Exception as e:  # a damaged file
             raise PretrainedError(f"cannot read tensor {_hf_name(path, kind)!r} of {where} ({type(e).__name__}: "
                                   f"{e})") from None
-        if path == ("wte",):
+        if path in (("wte",), ("lm_head", "kernel")):
             x = np.concatenate([x, np.zeros((shape[0] - V, shape[1]), np.float32)])  # padded rows: zeros
-        elif path == ("lm_head", "kernel"):
-            x = np.concatenate([x.T, np.zeros((shape[0], shape[1] - V), np.float32)], axis=1)
+        elif path[-1] == "kernel":
+            x = np.ascontiguousarray(x.T)  # Conv1D (in, out) -> (out, in)
         return put(x)
 
     return jax.tree_util.tree_unflatten(treedef, [convert_one(p, tuple(s.shape)) for p, (_, s) in zip(paths, leaves)])

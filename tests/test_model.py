@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gpt_jax.config import ModelConfig
-from gpt_jax.model import GPT, count_params, init_cache, init_params
+from gpt_jax.model import GPT, Dense, count_params, init_cache, init_params
 
 
 def small(norm="pre", **kw):
@@ -33,7 +33,7 @@ def test_shapes(norm):
     assert np.all(np.asarray(padded[..., cfg.vocab_size:]) < -1e29)  # padded columns carry no probability
     np.testing.assert_allclose(padded[..., : cfg.vocab_size], logits, rtol=0, atol=0)
     assert ("ln_f" in params) == (norm == "pre")
-    assert params["wte"].shape == (128, 32) and params["h_0"]["attn"]["c_attn"]["kernel"].shape == (32, 96)
+    assert params["wte"].shape == (128, 32) and params["h_0"]["attn"]["c_attn"]["kernel"].shape == (96, 32)  # (out, in)
 
 
 def test_pre_and_post_ln_differ():
@@ -55,23 +55,39 @@ def test_causality(norm):
     assert float(jnp.abs(a[:, 9:] - b[:, 9:]).max()) > 1e-4  # later ones do see the change
 
 
-@pytest.mark.parametrize("norm", ["pre", "post"])
-def test_cached_decoding_equals_full_forward(norm):
+@pytest.mark.parametrize("norm,B", [("pre", 2), ("post", 2), ("pre", 1)])
+def test_cached_decoding_equals_full_forward(norm, B):
+    """B = 1 decodes through Dense's one-row path, B = 2 through its few-rows path (kernel @ x.T)."""
     cfg = small(norm)
     params = init_params(cfg, jax.random.PRNGKey(0))
     model = GPT(cfg)
-    ids = ids_for(cfg, B=2)
+    ids = ids_for(cfg, B=B)
     full = model.apply({"params": params}, ids)
     step = jax.jit(lambda p, x, c: model.apply({"params": p}, x, cache=c))
-    cache = init_cache(cfg, 2)
+    cache = init_cache(cfg, B)
     logits, cache = step(params, ids[:, :5], cache)  # prefill 5 tokens
     np.testing.assert_allclose(logits, full[:, :5], atol=1e-5)
     for t in range(5, cfg.block_size):  # then one token at a time
         logits, cache = step(params, ids[:, t : t + 1], cache)
         np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5, err_msg=f"position {t}")
     assert int(cache["pos"]) == cfg.block_size
-    assert cache["k"][0].shape == (2 * cfg.n_head, cfg.head_dim, cfg.block_size)  # (B * H, D, S)
-    assert cache["v"][0].shape == (2 * cfg.n_head, cfg.block_size, cfg.head_dim)  # (B * H, S, D)
+    assert cache["k"][0].shape == (B * cfg.n_head, cfg.head_dim, cfg.block_size)  # (B * H, D, S)
+    assert cache["v"][0].shape == (B * cfg.n_head, cfg.block_size, cfg.head_dim)  # (B * H, S, D)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 100])  # one row, the few-rows path (kernel @ x.T), the plain path
+def test_dense_matches_numpy_with_kernel_out_in(rows):
+    dense = Dense(24, std=0.5)
+    x = jax.random.normal(jax.random.PRNGKey(0), (rows, 16))
+    params = dense.init(jax.random.PRNGKey(1), x)["params"]
+    assert params["kernel"].shape == (24, 16)  # (out, in), as PyTorch's Linear
+    params = {"kernel": params["kernel"], "bias": jnp.arange(24.0) / 10}
+    k, b = np.asarray(params["kernel"], np.float64), np.asarray(params["bias"], np.float64)
+    np.testing.assert_allclose(dense.apply({"params": params}, x), np.asarray(x, np.float64) @ k.T + b, atol=1e-5)
+    g = jax.grad(lambda p, x: jnp.sum(dense.apply({"params": p}, x) ** 2), argnums=(0, 1))(params, x)
+    y = np.asarray(x, np.float64) @ k.T + b
+    np.testing.assert_allclose(g[0]["kernel"], 2 * y.T @ np.asarray(x, np.float64), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(g[1], 2 * y @ k, rtol=1e-4, atol=1e-4)
 
 
 def test_dropout_only_in_training():
@@ -103,7 +119,7 @@ def test_init_statistics_and_count():
 def test_untied_head_and_bf16():
     cfg = small(tie_embeddings=False, dtype="bfloat16")
     params = init_params(cfg, jax.random.PRNGKey(0))
-    assert params["lm_head"]["kernel"].shape == (32, 128)
+    assert params["lm_head"]["kernel"].shape == (128, 32)  # (padded vocab, d_model): (out, in)
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))  # fp32 master weights
     logits = GPT(cfg).apply({"params": params}, ids_for(cfg))
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))

@@ -94,8 +94,8 @@ def head_params(d_model: int, n_outputs: int, rng) -> dict:
 
 def extend_vocab(cfg: ModelConfig, params: dict, extra_tokens: int, rng) -> tuple[ModelConfig, dict]:
     """Pre-trained GPT params -> params with `extra_tokens` new learned ids after the vocabulary (rows drawn from
-    N(0, 0.02); padding rows appended if the padded vocabulary grows; an untied lm_head gets zero columns, which
-    are masked in the logits anyway)."""
+    N(0, 0.02); padding rows appended if the padded vocabulary grows; an untied lm_head gets zero rows, whose logits
+    are masked anyway)."""
     if cfg.extra_tokens:
         raise ValueError(f"the pre-trained model already has {cfg.extra_tokens} extra tokens; init_from takes a "
                          "pre-training run, not a fine-tuned one")
@@ -107,7 +107,7 @@ def extend_vocab(cfg: ModelConfig, params: dict, extra_tokens: int, rng) -> tupl
         wte = jnp.concatenate([wte, jnp.zeros((grow, wte.shape[1]), wte.dtype)])
         if "lm_head" in params:
             k = params["lm_head"]["kernel"]
-            params["lm_head"] = {"kernel": jnp.concatenate([k, jnp.zeros((k.shape[0], grow), k.dtype)], axis=1)}
+            params["lm_head"] = {"kernel": jnp.concatenate([k, jnp.zeros((grow, k.shape[1]), k.dtype)])}  # (V, C)
     new_rows = 0.02 * jax.random.normal(rng, (extra_tokens, wte.shape[1]), wte.dtype)
     params["wte"] = wte.at[cfg.vocab_size : cfg.vocab_size + extra_tokens].set(new_rows)
     return new_cfg, params
