@@ -94,9 +94,10 @@ class CausalSelfAttention(nn.Module):
         qkv = dense(3 * C, 0.02, "c_attn")(x)  # (B, T, 3C), one fused matmul
         q, k, v = jnp.split(qkv.reshape(B, T, 3, H, D), 3, axis=2)
         q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # (B, T, H, D)
+        q = q * (1.0 / math.sqrt(D))  # scaled here, not the (B, H, T, S) scores: T / D times fewer multiplies
 
         if kv is None:  # training / full forward: keys and values are (B, T, H, D), s indexes T
-            att = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(D)  # (B, H, T, S=T)
+            att = jnp.einsum("bthd,bshd->bhts", q, k)  # (B, H, T, S=T)
             att = self._probs(att, jnp.arange(T), jnp.arange(T), train)
             y = jnp.einsum("bhts,bshd->bthd", att, v)  # (B, T, H, D)
             new_kv = None
@@ -112,7 +113,7 @@ class CausalSelfAttention(nn.Module):
             v_cache = jax.lax.dynamic_update_slice(v_cache, v_new, (0, pos, 0))
             new_kv = (k_cache, v_cache)
             q = q.transpose(0, 2, 1, 3).reshape(B * H, T, D)
-            att = jnp.einsum("ntd,nds->nts", q, k_cache.astype(q.dtype)) / math.sqrt(D)  # (B * H, T, S)
+            att = jnp.einsum("ntd,nds->nts", q, k_cache.astype(q.dtype))  # (B * H, T, S)
             att = self._probs(att.reshape(B, H, T, S), pos + jnp.arange(T), jnp.arange(S), train)
             y = jnp.einsum("nts,nsd->ntd", att.reshape(B * H, T, S), v_cache.astype(q.dtype))  # (B * H, T, D)
             y = y.reshape(B, H, T, D).transpose(0, 2, 1, 3)  # (B, T, H, D)
@@ -123,8 +124,8 @@ class CausalSelfAttention(nn.Module):
 
     def _probs(self, att, q_pos, k_pos, train: bool):
         """Attention scores (B, H, T, S) -> causal softmax probabilities (in float32, then the compute dtype)."""
-        mask = k_pos[None, :] <= q_pos[:, None]  # (T, S): a query sees itself and the past only
-        probs = jax.nn.softmax(jnp.where(mask, att.astype(jnp.float32), _NEG_INF), axis=-1).astype(att.dtype)
+        bias = jnp.where(k_pos[None, :] <= q_pos[:, None], 0.0, _NEG_INF)  # (T, S): itself and the past only
+        probs = jax.nn.softmax(att.astype(jnp.float32) + bias, axis=-1).astype(att.dtype)
         return nn.Dropout(self.cfg.dropout)(probs, deterministic=not train)
 
 
