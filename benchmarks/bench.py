@@ -69,10 +69,17 @@ def main(argv):
     cfg = ModelConfig.from_dict(m)
     model = GPT(cfg)
     B, T = int(config.train.batch_size), cfg.block_size
+    A = int(config.train.grad_accum_steps)
+    if FLAGS.mode == "train" and B % A:
+        # e.g. configs/gpt2.py (480 sequences in 40 microbatches) with --config.train.batch_size=4: time the step of
+        # B sequences that was asked for, in one pass
+        print(f"bench: train.grad_accum_steps={A} does not divide train.batch_size={B}; timing {B} sequences "
+              "without accumulation (grad_accum_steps=1)", file=sys.stderr)
+        A = 1
     from gpt_jax.model import init_params
 
     n_all = count_params(jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0))))
-    mesh = shard_lib.make_mesh(shard_lib.data_devices(B, int(config.train.grad_accum_steps), n_all))
+    mesh = shard_lib.make_mesh(shard_lib.data_devices(B, A, n_all))
     counter = CompileCounter()
     tx, schedule = train_lib.make_optimizer(config.optim, int(config.train.max_steps))
     state = train_lib.init_state(cfg, tx, 0, mesh)
@@ -86,7 +93,7 @@ def main(argv):
         batch = shard_lib.put_batch({"inputs": x[:, :-1], "targets": x[:, 1:],
                                      "weights": np.ones(B, np.float32)}, mesh)
         if FLAGS.mode == "train":
-            step_fn = train_lib.make_train_step(model, tx, mesh, int(config.train.grad_accum_steps), schedule)
+            step_fn = train_lib.make_train_step(model, tx, mesh, A, schedule)
             train_batch = {k: v for k, v in batch.items() if k != "weights"}
 
             def step():
@@ -112,7 +119,7 @@ def main(argv):
             times.append(time.perf_counter() - t)
         ms = _median_ms(times)
         tokens_per_sec = B * T / (ms / 1000)
-        out.update(batch_size=B, seq_len=T)
+        out.update(batch_size=B, seq_len=T, grad_accum_steps=A)
     else:
         from gpt_jax.sampling import model_sampler
 
