@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 from typing import Any, Optional
 
@@ -121,6 +122,21 @@ def stop_on_signals():
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)
+
+
+@contextlib.contextmanager
+def interruptible(ckpt: "Checkpointer", current_state, start: int, meta: dict):
+    """A training loop's Ctrl-C / SIGTERM handling: inside, signals are deferred (`stop_on_signals`; the loop raises
+    StopRequested at a step boundary once `flag.is_set()`), and a KeyboardInterrupt leaving the block checkpoints
+    `current_state()` (the loop's newest state, read when it happens) before it propagates."""
+    with stop_on_signals() as flag:
+        try:
+            yield flag
+        except KeyboardInterrupt:
+            done = ckpt.save_on_interrupt(current_state(), start, meta)
+            print(f"\ninterrupted at step {done}; checkpoint saved, rerun the same command to resume",
+                  file=sys.stderr, flush=True)
+            raise
 
 
 def abstract_like(tree, sharding):

@@ -292,7 +292,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     t_log, step_log = time.time(), start
     val_loss = None
     step = start
-    with ckpt_lib.stop_on_signals() as stop:
+    with ckpt_lib.interruptible(ckpt, lambda: state, start, meta) as stop:
         try:
             for step in range(start + 1, max_steps + 1):
                 state, m = train_step(state, shard_lib.put_batch(batches(step - 1), mesh))
@@ -319,10 +319,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 bar.update(1)
                 if stop.is_set():  # Ctrl-C / SIGTERM, deferred to this step boundary
                     raise ckpt_lib.StopRequested
-        except KeyboardInterrupt:
-            done = ckpt.save_on_interrupt(state, start, meta)
-            _log(f"\ninterrupted at step {done}; checkpoint saved, rerun the same command to resume")
-            raise
         finally:
             bar.close()
     if start >= max_steps:

@@ -49,6 +49,28 @@ def test_interrupt_saves_the_step_reached(tmp_path):
     ckpt.close()
 
 
+def test_interruptible_checkpoints_the_newest_state_on_the_way_out(tmp_path, capsys):
+    """The loops' `with interruptible(ckpt, lambda: state, ...)`: the state saved is the one the loop holds when the
+    interrupt leaves the block, not the one it started with."""
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path))
+    state = state_at(0)
+    with pytest.raises(ckpt_lib.StopRequested):
+        with ckpt_lib.interruptible(ckpt, lambda: state, 0, META) as stop:
+            for step in (1, 2, 3):
+                state = state_at(step)
+                if step == 3:
+                    os.kill(os.getpid(), signal.SIGINT)  # deferred: only sets the flag
+                if stop.is_set():
+                    raise ckpt_lib.StopRequested
+    assert finished(str(tmp_path)) == [3]
+    assert "interrupted at step 3; checkpoint saved" in capsys.readouterr().err
+    with pytest.raises(ValueError):  # anything else propagates without a save
+        with ckpt_lib.interruptible(ckpt, lambda: state_at(4), 3, META):
+            raise ValueError
+    assert finished(str(tmp_path)) == [3]
+    ckpt.close()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signals_are_deferred_to_the_loop_then_restored(sig):
     before = signal.getsignal(sig)

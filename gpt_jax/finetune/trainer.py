@@ -302,7 +302,7 @@ def finetune(config, workdir: str) -> dict:
 
     bar = tqdm(total=total, initial=start, disable=not tc.progress_bar, dynamic_ncols=True, file=sys.stderr)
     result = {}
-    with ckpt_lib.stop_on_signals() as stop:
+    with ckpt_lib.interruptible(ckpt, lambda: state, start, meta) as stop:
         try:
             for step in range(start + 1, total + 1):
                 batch = formats.train_batch(train_enc, B, max_length, seed, step - 1)
@@ -322,10 +322,6 @@ def finetune(config, workdir: str) -> dict:
                 bar.update(1)
                 if stop.is_set():  # Ctrl-C / SIGTERM, deferred to this step boundary
                     raise ckpt_lib.StopRequested
-        except KeyboardInterrupt:
-            done = ckpt.save_on_interrupt(state, start, meta)
-            _log(f"\ninterrupted at step {done}; checkpoint saved, rerun the same command to resume")
-            raise
         finally:
             bar.close()
     if start >= total:
