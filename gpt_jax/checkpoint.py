@@ -38,6 +38,11 @@ def _no_replica_slicing_on_cpu() -> None:
             jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
+# Bumped when saved arrays change meaning. 2: Dense kernels stored (out, in), as PyTorch's Linear (1, unmarked:
+# (in, out), gpt-jax before that change). Square kernels would restore silently transposed, so it is checked.
+FORMAT = 2
+
+
 class Checkpointer:
     def __init__(self, workdir: str, max_to_keep: Optional[int] = 3, create: bool = True):
         _no_replica_slicing_on_cpu()
@@ -56,7 +61,7 @@ class Checkpointer:
             params=ocp.args.StandardSave(params),
             opt_state=ocp.args.StandardSave(opt_state),
             train=ocp.args.StandardSave(train),
-            meta=ocp.args.JsonSave(meta),
+            meta=ocp.args.JsonSave({**meta, "checkpoint_format": FORMAT}),
         ))
 
     def save_state(self, step: int, state, meta: dict) -> None:
@@ -74,19 +79,36 @@ class Checkpointer:
 
     def restore(self, step: int, abstract: dict[str, Any]) -> dict[str, Any]:
         """Restores the items named in `abstract` (name -> abstract pytree with shardings, or None for meta)."""
+        if any(name != "meta" for name in abstract):
+            found = self._restore(step, {"meta": None})["meta"].get("checkpoint_format", 1)
+            if found != FORMAT:
+                self.close()
+                raise CheckpointError(
+                    f"checkpoint step {step} in {self.directory} has checkpoint format {found}; this gpt-jax reads "
+                    f"format {FORMAT} (Dense kernels stored (out, in)): retrain into a new --workdir, or load it "
+                    "with the gpt-jax version that wrote it")
+        return self._restore(step, abstract)
+
+    def _restore(self, step: int, abstract: dict[str, Any]) -> dict[str, Any]:
         args = {}
         for name, target in abstract.items():
             args[name] = ocp.args.JsonRestore() if name == "meta" else ocp.args.StandardRestore(target)
         try:
             return self.manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:
+            self.close()  # the error ends the run
+            reason = str(e).splitlines()[0] if str(e) else ""
             raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} cannot be read ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); move that step's folder away to use an earlier one"
+                f"checkpoint step {step} in {self.directory} cannot be read ({type(e).__name__}: {reason}); it is "
+                "damaged or was written by another model or gpt-jax version: move that step's folder away to use "
+                "an earlier one, or use a new --workdir"
             ) from e
 
     def read_meta(self, step: int) -> dict:
-        return self.restore(step, {"meta": None})["meta"]
+        """The meta dict the run saved at `step` (without the checkpoint format stamp)."""
+        meta = self._restore(step, {"meta": None})["meta"]
+        meta.pop("checkpoint_format", None)
+        return meta
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -7,6 +7,7 @@ import signal
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from gpt_jax import checkpoint as ckpt_lib
@@ -37,6 +38,22 @@ def test_save_then_restore_round_trip(tmp_path):
     np.testing.assert_array_equal(out["params"]["w"], np.full((64, 64), 7.0))
     assert int(out["train"]["step"]) == 7 and ckpt.read_meta(7) == META
     ckpt.close()
+
+
+def test_a_checkpoint_of_another_format_is_refused_with_a_clear_error(tmp_path):
+    """Checkpoints from before the (out, in) kernel layout carry no format stamp; their square kernels would
+    restore silently transposed, so restoring arrays from one fails with a one-line error instead."""
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path))
+    s = state_at(3)
+    ckpt.manager.save(3, args=ocp.args.Composite(  # as gpt-jax wrote them before the stamp
+        params=ocp.args.StandardSave(s.params), opt_state=ocp.args.StandardSave(s.opt_state),
+        train=ocp.args.StandardSave({"step": s.step, "rng": s.rng}), meta=ocp.args.JsonSave(META)))
+    ckpt.wait()
+    assert ckpt.read_meta(3) == META  # the meta alone still reads (train.py compares model configs first)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with pytest.raises(ckpt_lib.CheckpointError, match="has checkpoint format 1; this gpt-jax reads format 2"):
+        ckpt.restore(3, {"params": ckpt_lib.abstract_like(s.params, sharding)})
+    assert finished(str(tmp_path)) == [3]  # nothing of the user's is removed
 
 
 def test_interrupt_saves_the_step_reached(tmp_path):
