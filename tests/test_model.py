@@ -57,7 +57,8 @@ def test_causality(norm):
 
 @pytest.mark.parametrize("norm,B", [("pre", 2), ("post", 2), ("pre", 1)])
 def test_cached_decoding_equals_full_forward(norm, B):
-    """B = 1 decodes through Dense's one-row path, B = 2 through its few-rows path (kernel @ x.T)."""
+    """B = 1 decodes through the one-row matmuls, B = 2 through the few-rows path (`matmul_t`: w @ x.T) of both the
+    Dense layers and the tied head."""
     cfg = small(norm)
     params = init_params(cfg, jax.random.PRNGKey(0))
     model = GPT(cfg)
