@@ -17,7 +17,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-_NEG_INF = -1e30
+NEG_INF = -1e30  # masked logits / scores: large negative, not -inf, so a fully masked row never turns into NaN
 CHUNK_ELEMENTS = 1 << 24  # float32 logits per chunk at most (64 MB): big matmuls, bounded memory
 
 
@@ -58,7 +58,7 @@ def _scan(h, w, targets, weights, vocab_size: int, rows: int, with_grads: bool):
 
     def chunk(h_c, t_c, w_c):  # (R, C), (R,), (R,) -> loss sum, and d h (R, C), d w (V, C) of it
         logits = jnp.einsum("rc,vc->rv", h_c, wc, preferred_element_type=jnp.float32)  # (R, V)
-        logits = jnp.where(real, logits, _NEG_INF)
+        logits = jnp.where(real, logits, NEG_INF)
         m = jnp.max(logits, axis=-1, keepdims=True)
         e = jnp.exp(logits - m)
         s = jnp.sum(e, axis=-1, keepdims=True)

@@ -21,10 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
+from gpt_jax.losses import NEG_INF
 
 Cache = dict[str, Any]
-
-_NEG_INF = -1e30  # large negative instead of -inf: masked softmax rows never turn into NaN
 
 
 def _dtype(cfg: ModelConfig):
@@ -131,7 +130,7 @@ class CausalSelfAttention(nn.Module):
 
     def _probs(self, att, q_pos, k_pos, train: bool):
         """Attention scores (B, H, T, S) -> causal softmax probabilities (in float32, then the compute dtype)."""
-        bias = jnp.where(k_pos[None, :] <= q_pos[:, None], 0.0, _NEG_INF)  # (T, S): itself and the past only
+        bias = jnp.where(k_pos[None, :] <= q_pos[:, None], 0.0, NEG_INF)  # (T, S): itself and the past only
         probs = jax.nn.softmax(att.astype(jnp.float32) + bias, axis=-1).astype(att.dtype)
         return nn.Dropout(self.cfg.dropout)(probs, deterministic=not train)
 
@@ -219,7 +218,7 @@ class GPT(nn.Module):
             logits = self.lm_head(h)
         logits = logits.astype(jnp.float32)
         if padded:
-            return jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits, _NEG_INF)
+            return jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits, NEG_INF)
         return logits[..., : cfg.vocab_size]
 
     def __call__(self, ids, *, train: bool = False, cache: Optional[Cache] = None, padded: bool = False,

@@ -11,10 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
-from gpt_jax.losses import cross_entropy, lm_loss
+from gpt_jax.losses import NEG_INF, cross_entropy, lm_loss
 from gpt_jax.model import GPT, head_weight
-
-_NEG_INF = -1e30
 
 
 class FinetuneModel(nn.Module):
@@ -40,7 +38,7 @@ class FinetuneModel(nn.Module):
         x = nn.Dropout(self.clf_dropout)(x, deterministic=not train)
         out = nn.Dense(self.n_outputs, kernel_init=nn.initializers.normal(0.02), name="head")(x)  # (B, S', K)
         if self.task == "multiple_choice":
-            out = jnp.where(lengths > 0, out[..., 0], _NEG_INF)  # (B, S)
+            out = jnp.where(lengths > 0, out[..., 0], NEG_INF)  # (B, S)
         else:
             out = out[:, 0]  # (B, K)
         if with_lm and self.is_initializing():
