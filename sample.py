@@ -28,7 +28,7 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}; quote the prompt: --prompt=\"some text\"")
     setup_jax()
-    from gpt_jax.sampling import run_sampling
+    from gpt_jax.cli.sample import run_sampling
 
     run_sampling(workdir=FLAGS.workdir, init_from=FLAGS.init_from, prompt=FLAGS.prompt,
                  prompt_file=FLAGS.prompt_file, max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,

@@ -8,7 +8,6 @@ that could be loaded; leftover temporaries are cleaned up on the next start.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -186,10 +185,3 @@ def load_params(workdir: str, sharding=None):
     params = ckpt.restore(step, {"params": abstract_like(shapes, sharding)})["params"]
     ckpt.close()
     return cfg, meta, params
-
-
-def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)

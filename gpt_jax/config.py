@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from gpt_jax.utils import round_up
+
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu_tanh", "gelu")
 DTYPES = ("float32", "bfloat16")
@@ -49,7 +51,7 @@ class ModelConfig:
     def padded_vocab(self) -> int:
         """Embedding rows: vocab + extra tokens, rounded up to a multiple of 128 (faster matmuls)."""
         n = self.vocab_size + self.extra_tokens
-        return -(-n // 128) * 128
+        return round_up(n, 128)
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)

@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from gpt_jax import tokenizer as tok_lib
+from gpt_jax.utils import atomic_write, write_json
 
 EMBEDDED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tinyshakespeare.txt")
 FORMAT_VERSION = 1
@@ -85,13 +86,6 @@ def make_tokenizer(name: str, text_sample: Optional[str] = None) -> tok_lib.Toke
     raise DataError(f"unknown tokenizer {name!r}: set --config.data.tokenizer to 'char' or 'gpt2'")
 
 
-def _atomic_write(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
 def prepare(data_cfg, cache_dir: str, tokenizer: Optional[tok_lib.Tokenizer] = None
             ) -> tuple[np.ndarray, np.ndarray, tok_lib.Tokenizer]:
     """Tokenize `data_cfg.dataset` once into `cache_dir/{train,val}.bin` + `meta.json`; reuse when unchanged.
@@ -142,11 +136,11 @@ def prepare(data_cfg, cache_dir: str, tokenizer: Optional[tok_lib.Tokenizer] = N
     n_val = max(int(len(ids) * val_fraction), 1)
     train, val = ids[:-n_val].astype(dtype), ids[-n_val:].astype(dtype)
     os.makedirs(cache_dir, exist_ok=True)
-    _atomic_write(os.path.join(cache_dir, "train.bin"), lambda f: f.write(train.tobytes()))
-    _atomic_write(os.path.join(cache_dir, "val.bin"), lambda f: f.write(val.tobytes()))
+    atomic_write(os.path.join(cache_dir, "train.bin"), lambda f: f.write(train.tobytes()), binary=True)
+    atomic_write(os.path.join(cache_dir, "val.bin"), lambda f: f.write(val.tobytes()), binary=True)
     meta = {"key": key, "tokenizer": tokenizer.meta(), "vocab_size": tokenizer.vocab_size,
             "dtype": np.dtype(dtype).name, "train_tokens": int(len(train)), "val_tokens": int(len(val))}
-    _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))  # written last
+    write_json(meta_path, meta)  # written last
     return _open(cache_dir, meta)
 
 

@@ -8,6 +8,7 @@ import os
 import time
 
 from gpt_jax.config import ModelConfig
+from gpt_jax.utils import atomic_write
 
 
 def flops_per_token(cfg: ModelConfig, n_params: int, seq_len: int) -> float:
@@ -90,10 +91,7 @@ class MetricsWriter:
         if not os.path.exists(self.path):
             return
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda f: f.writelines(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, **scalars) -> None:
         record = {"step": int(step), **{k: (float(v) if v is not None else None) for k, v in scalars.items()}}

@@ -29,6 +29,7 @@ from gpt_jax import sharding as shard_lib
 from gpt_jax.config import ModelConfig, model_config
 from gpt_jax.losses import lm_loss
 from gpt_jax.model import GPT, count_params, head_weight, init_params
+from gpt_jax.utils import write_json
 
 
 @flax.struct.dataclass
@@ -266,7 +267,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                            opt_state=restored["opt_state"], rng=restored["train"]["rng"])
         writer.truncate_after(latest)
         _log(f"resumed from {ckpt.directory} at step {latest}")
-    ckpt_lib.write_json(os.path.join(workdir, "config.json"), meta)
+    write_json(os.path.join(workdir, "config.json"), meta)
 
     n_params = count_params(state.params, exclude_positions=True)
     T, B = model_cfg.block_size, int(tc.batch_size)

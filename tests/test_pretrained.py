@@ -443,6 +443,7 @@ def test_sample_cli_gpt2(gpt2_full_dir):
 def test_run_sampling_openai_gpt(monkeypatch, openai_dir):
     """sample.py's job on an openai-gpt folder: its tokenizer, and the greedy ids of transformers."""
     from gpt_jax import sampling
+    from gpt_jax.cli.sample import run_sampling
 
     folder, hf = openai_dir
     tok = pretrained.load(folder, with_tokenizer=True)[2]
@@ -458,14 +459,14 @@ def test_run_sampling_openai_gpt(monkeypatch, openai_dir):
 
     monkeypatch.setattr(sampling.Sampler, "stream", spy)
     buf = io.StringIO()
-    texts = sampling.run_sampling(init_from=folder, prompt=prompt, temperature=0.0, max_new_tokens=24, out=buf)
+    texts = run_sampling(init_from=folder, prompt=prompt, temperature=0.0, max_new_tokens=24, out=buf)
     assert np.concatenate(chunks, axis=1)[0].tolist() == theirs
     ids = tok.encode(prompt)
     assert texts == [tok.decode(ids + theirs)[len(tok.decode(ids)):]]  # the continuation, its leading space kept
     assert texts[0].startswith(" ")
     assert buf.getvalue() == prompt + texts[0] + "\n"
     with pytest.raises(ValueError, match="<unk>"):
-        sampling.run_sampling(init_from=folder, prompt="naïve Ω", temperature=0.0, max_new_tokens=2,
+        run_sampling(init_from=folder, prompt="naïve Ω", temperature=0.0, max_new_tokens=2,
                               out=io.StringIO())
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from gpt_jax.finetune.config import TASK_FIELDS
 from gpt_jax.finetune.data import FinetuneDataError, LabelSpace
 from gpt_jax.tokenizer import TokenizerError
+from gpt_jax.utils import ceil_div
 
 EXTRA_TOKENS = 3  # start, delim, extract
 MIN_LENGTH = 8  # shortest max_length that leaves room for text beside the special tokens
@@ -142,7 +143,7 @@ def make_batch(enc: Encoded, idx: np.ndarray, batch_size: int, max_length: int) 
 
 
 def steps_per_epoch(n_examples: int, batch_size: int) -> int:
-    return -(-n_examples // batch_size)
+    return ceil_div(n_examples, batch_size)
 
 
 def train_batch(enc: Encoded, batch_size: int, max_length: int, seed: int, step: int) -> dict[str, np.ndarray]:

@@ -31,6 +31,7 @@ from gpt_jax.finetune import formats
 from gpt_jax.finetune.config import check_task
 from gpt_jax.finetune.data import FinetuneDataError, LabelSpace, read_examples
 from gpt_jax.finetune.model import FinetuneModel, extend_vocab, head_params, loss_fn
+from gpt_jax.utils import atomic_write, write_json
 from gpt_jax.train import TrainState, init_state, make_optimizer
 
 
@@ -282,7 +283,7 @@ def finetune(config, workdir: str) -> dict:
     if saved is not None:
         writer.truncate_after(start)
         _log(f"resumed from {ckpt.directory} at step {start}")
-    ckpt_lib.write_json(os.path.join(workdir, "config.json"), meta)
+    write_json(os.path.join(workdir, "config.json"), meta)
 
     train_step = make_train_step(model, tx, mesh, aux, regression, schedule)
     predict_step = make_predict_step(model, mesh)
@@ -379,11 +380,8 @@ def predict(workdir: str, path: str, out_path: Optional[str] = None, *, overwrit
             else:
                 rows.append({"label": labels.values[int(p.argmax())],
                              "probs": {n: round(float(x), 6) for n, x in zip(labels.names, p)}})
-    tmp = f"{out_path}.tmp{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, out_path)
+    atomic_write(out_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows))
     if all(ex["label"] is not None for ex in examples):  # a labelled file: score it too
         try:
             targets = np.asarray([labels.encode(ex, path) for ex in examples])

@@ -1,0 +1,77 @@
+"""sample.py's job: load a run (or pretrained weights), encode the prompt, stream the completion."""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+
+from gpt_jax import tokenizer as tok_lib
+from gpt_jax.config import default_config
+from gpt_jax.model import GPT
+from gpt_jax.sampling import SamplingError, model_sampler
+
+
+def run_sampling(*, workdir=None, init_from=None, prompt=None, prompt_file=None, max_new_tokens=None,
+                 temperature=None, top_k=None, top_p=None, num_samples=1, seed=0, out=None) -> list[str]:
+    """sample.py's job: load a run (or pretrained weights), encode the prompt, stream the completion to `out`.
+
+    Returns the generated texts (without the prompt)."""
+    out = sys.stdout if out is None else out
+    if bool(workdir) == bool(init_from):
+        raise SamplingError("pass exactly one of --workdir=RUN_FOLDER or --init_from=MODEL")
+    defaults = default_config().sample.to_dict()
+    if init_from:
+        from gpt_jax import pretrained
+
+        model, params, tokenizer = pretrained.load(init_from, with_tokenizer=True)
+        cfg = model.cfg
+        if tokenizer is None:
+            raise SamplingError(f"{init_from} has no tokenizer files this project can read; "
+                                "put its tokenizer.json in the folder")
+    else:
+        from gpt_jax.checkpoint import load_params
+
+        cfg, meta, params = load_params(workdir)
+        tokenizer = tok_lib.from_meta(meta["tokenizer"])
+        defaults.update(meta.get("config", {}).get("sample", {}))
+    if prompt_file:
+        try:
+            with open(prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        except OSError as e:
+            raise SamplingError(f"cannot read --prompt_file {prompt_file}: {e.strerror}") from None
+    prompt = defaults["prompt"] if prompt is None else prompt
+    pick = lambda v, k: defaults[k] if v is None else v
+    ids = tokenizer.encode(prompt)
+    sampler = model_sampler(GPT(cfg), tokenizer.eot_id)
+    stream = sampler.stream(params, ids, jax.random.PRNGKey(seed), max_new_tokens=pick(max_new_tokens,
+                            "max_new_tokens"), num_samples=num_samples, temperature=pick(temperature, "temperature"),
+                            top_k=pick(top_k, "top_k"), top_p=pick(top_p, "top_p"),
+                            chunk=8 if num_samples == 1 else None)
+    eos = tokenizer.eot_id
+    rows = [[] for _ in range(num_samples)]
+    live = num_samples == 1  # one sample streams as it is generated; several print when done
+    # Streaming decodes prompt + tokens so far and prints what is new: a word's leading space may belong to
+    # the previous token (openai-gpt's BPE), and a multi-byte character may span tokens (held back until whole).
+    base, shown = tokenizer.decode(ids), 0
+    if live:
+        out.write(prompt)
+        out.flush()
+    for chunk in stream:
+        for r, row in enumerate(chunk):
+            rows[r].extend(t for t in row.tolist() if t != eos)
+        if live:
+            text = tokenizer.decode(ids + rows[0])[len(base):]
+            stable = len(text.rstrip("\ufffd"))
+            out.write(text[shown:stable])
+            out.flush()
+            shown = stable
+    texts = [tokenizer.decode(ids + row)[len(base):] for row in rows]
+    for r, text in enumerate(texts):
+        if live:
+            out.write(text[shown:] + "\n")
+        else:
+            out.write(f"---------- sample {r + 1}\n{prompt}{text}\n")
+    out.flush()
+    return texts
