@@ -52,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    start(main)
+    start(main, cpu_data_parallel=True)

@@ -11,6 +11,7 @@ during the timed steps: should be 0), peak_rss_mb, plus the shape. Synthetic ran
 --config.model.dtype=bfloat16.
 """
 
+import functools
 import json
 import os
 import resource
@@ -58,6 +59,7 @@ def main(argv):
     import numpy as np
 
     from gpt_jax import metrics as metrics_lib
+    from gpt_jax import optim
     from gpt_jax import sharding as shard_lib
     from gpt_jax import train as train_lib
     from gpt_jax.config import ModelConfig
@@ -81,8 +83,8 @@ def main(argv):
     n_all = count_params(jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0))))
     mesh = shard_lib.make_mesh(shard_lib.data_devices(B, A, n_all))
     counter = CompileCounter()
-    tx, schedule = train_lib.make_optimizer(config.optim, int(config.train.max_steps))
-    state = train_lib.init_state(cfg, tx, 0, mesh)
+    tx, schedule = optim.make_optimizer(config.optim, int(config.train.max_steps))
+    state = optim.init_state(tx, 0, mesh, functools.partial(init_params, cfg))
     n_params = count_params(state.params, exclude_positions=True)
     rng = np.random.default_rng(0)
     out = {"mode": FLAGS.mode, "device": jax.devices()[0].device_kind, "n_devices": int(mesh.devices.size),

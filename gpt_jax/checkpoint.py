@@ -17,7 +17,6 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from gpt_jax.config import ModelConfig
 
 
 class CheckpointError(RuntimeError):
@@ -103,6 +102,14 @@ class Checkpointer:
                 "an earlier one, or use a new --workdir"
             ) from e
 
+    def restore_state(self, step: int, abstract):
+        """The `TrainState` saved by `save_state` at `step`, restored onto `abstract`'s shapes and shardings (a
+        TrainState of ShapeDtypeStructs, e.g. `optim.abstract_state`)."""
+        restored = self.restore(step, {"params": abstract.params, "opt_state": abstract.opt_state,
+                                       "train": {"step": abstract.step, "rng": abstract.rng}})
+        return abstract.replace(step=restored["train"]["step"], params=restored["params"],
+                                opt_state=restored["opt_state"], rng=restored["train"]["rng"])
+
     def read_meta(self, step: int) -> dict:
         """The meta dict the run saved at `step` (without the checkpoint format stamp)."""
         meta = self._restore(step, {"meta": None})["meta"]
@@ -165,23 +172,23 @@ def abstract_like(tree, sharding):
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def load_params(workdir: str, sharding=None):
-    """(ModelConfig, tokenizer meta, params) of the newest checkpoint in `workdir`, restored onto this
-    machine's devices (by default the first local device), whatever devices wrote it."""
-    from gpt_jax.model import init_params
-
+def newest_meta(workdir: str) -> Optional[dict]:
+    """The meta saved with WORKDIR's newest complete checkpoint; None when it has none."""
     if not os.path.isdir(checkpoint_dir(workdir)):
-        raise CheckpointError(f"no checkpoints in {workdir}: train first (python train.py --workdir={workdir}) "
-                              "or pass the workdir of a finished run")
+        return None
     ckpt = Checkpointer(workdir, create=False)
-    step = ckpt.latest_step()
-    if step is None:
-        raise CheckpointError(f"no complete checkpoint in {checkpoint_dir(workdir)}: train first or pass another "
-                              "--workdir")
-    meta = ckpt.read_meta(step)
-    cfg = ModelConfig.from_dict(meta["model"])
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
-    params = ckpt.restore(step, {"params": abstract_like(shapes, sharding)})["params"]
-    ckpt.close()
-    return cfg, meta, params
+    try:
+        step = ckpt.latest_step()
+        return None if step is None else ckpt.read_meta(step)
+    finally:
+        ckpt.close()
+
+
+def restore_params(workdir: str, abstract_params, sharding) -> Any:
+    """The params of WORKDIR's newest checkpoint, restored onto `sharding` with `abstract_params`' shapes."""
+    ckpt = Checkpointer(workdir, create=False)
+    try:
+        step = ckpt.latest_step()
+        return ckpt.restore(step, {"params": abstract_like(abstract_params, sharding)})["params"]
+    finally:
+        ckpt.close()

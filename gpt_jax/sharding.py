@@ -17,10 +17,9 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), ("data",))
 
 
-# On CPU, data parallelism over per-core devices pays for small models (whose small matmuls XLA runs on one
-# core: 47.8 -> 29.8 ms/step for 0.8M parameters on 2 cores) and costs for large ones (whose big matmuls already
-# use every core, while the replicated optimizer update and gradient all-reduce are paid per device:
-# 4.44 -> 5.77 s/step for GPT-2 124M). Measured in docs/performance.md.
+# On CPU, data parallelism over per-core devices pays for small models (XLA runs their small matmuls on one core
+# each) and costs for large ones (whose big matmuls already use every core, while the replicated optimizer update
+# and gradient all-reduce are paid per device); docs/performance.md has the measurements.
 CPU_DATA_PARALLEL_MAX_PARAMS = 20_000_000
 
 
@@ -40,6 +39,17 @@ def data_devices(batch_size: int, grad_accum_steps: int = 1, n_params: int = 0):
     return devices[:n]
 
 
+def data_mesh(batch_size: int, grad_accum_steps: int = 1, n_params: int = 0) -> Mesh:
+    """The data-parallel mesh of a training run (`data_devices`), checked against its batch: every device and
+    every microbatch gets the same number of rows."""
+    mesh = make_mesh(data_devices(batch_size, grad_accum_steps, n_params))
+    check_batch_size(batch_size, mesh)
+    if batch_size % (grad_accum_steps * mesh.devices.size):
+        raise ValueError(f"train.batch_size={batch_size} must be divisible by train.grad_accum_steps="
+                         f"{grad_accum_steps} x {mesh.devices.size} devices")
+    return mesh
+
+
 def cpu_threads(mesh: Mesh) -> bool:
     """Whether the mesh's devices are threads of one CPU (`--xla_force_host_platform_device_count`)."""
     return mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
@@ -51,10 +61,9 @@ def one_step_in_flight(step, mesh: Mesh):
     XLA:CPU runs every device's program on one thread pool of one thread per core, and an all-reduce blocks its
     thread until all devices arrive. With several steps dispatched ahead (JAX's asynchronous dispatch), one
     device can reach step s+1's all-reduce while another is still in step s's, both pool threads end up waiting
-    in different rendezvous, and XLA aborts the process after 40 s (seen with 2 devices on 2 cores). Within one
-    step every device passes the same collectives in the same order, so one step in flight is safe. The cost: the
-    host's dispatch of the next step no longer overlaps this one (1.8 ms of the char model's ~32 ms step, for
-    160 donated state arrays on 2 devices; docs/performance.md)."""
+    in different rendezvous, and XLA aborts the process. Within one step every device passes the same collectives
+    in the same order, so one step in flight is safe. The cost: the host's dispatch of the next step no longer
+    overlaps this one (docs/performance.md)."""
     if not cpu_threads(mesh):
         return step
 

@@ -11,7 +11,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from gpt_jax import checkpoint as ckpt_lib
-from gpt_jax.train import TrainState, train_and_evaluate
+from gpt_jax.optim import TrainState
+from gpt_jax.train import train_and_evaluate
 
 META = {"model": {"n_layer": 1}}
 

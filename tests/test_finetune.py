@@ -27,6 +27,8 @@ from gpt_jax.model import init_params as _init_params
 init_params = jax.jit(_init_params, static_argnums=0)  # one compile instead of op-by-op dispatch
 from gpt_jax.tokenizer import CharTokenizer
 
+from conftest import run_cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGNEWS = os.path.join(ROOT, "..", "shared", "data", "finetune", "agnews")
 SP = formats.Specials.after(10)  # start 10, delim 11, extract 12
@@ -465,3 +467,43 @@ def test_agnews_after_a_brief_shakespeare_pretraining_beats_the_majority_class(t
           f"{result['eval_majority']:.4f}")
     assert result["eval_majority"] < 0.3
     assert result["eval_accuracy"] > result["eval_majority"] + 0.25
+
+
+def _finetune_cli_metrics(tmp_path, char_run, name, *flags, devices=1):
+    """Runs finetune.py (classification, dropout on) in a fresh process on `devices` CPU devices; returns
+    (per-epoch eval rows, train losses)."""
+    train_file = _task_files(tmp_path, "classification")
+    workdir = str(tmp_path / name)
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    run_cli(["finetune.py", "--config=configs/finetune_classification.py", f"--config.init_from={char_run}",
+             f"--config.data.train_file={train_file}", f"--config.data.eval_file={train_file}",
+             "--config.model.max_length=16", "--config.model.dropout=0.1", "--config.optim.learning_rate=1e-3",
+             "--config.train.batch_size=8", "--config.train.epochs=2", "--config.train.log_every=1",
+             "--config.train.progress_bar=False", "--config.train.tensorboard=False", f"--workdir={workdir}",
+             *flags], env=env, timeout=300)
+    rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    evals = [(r["step"], r["eval_accuracy"], r["eval_loss"]) for r in rows if "eval_accuracy" in r]
+    return evals, [r["train_loss"] for r in rows if "train_loss" in r]
+
+
+def test_accumulation_and_eight_devices_fine_tune_as_one(tmp_path, char_run):
+    """The shared train step: 2 microbatches, or the batch split over 8 devices, give the per-epoch metrics and
+    train losses of one device in one pass (dropout on: each example's masks come from its row in the batch)."""
+    one_evals, one_losses = _finetune_cli_metrics(tmp_path, char_run, "one")
+    assert [e[0] for e in one_evals] == [3, 6] and len(one_losses) == 6
+    for name, flags, devices in (("accum", ["--config.train.grad_accum_steps=2"], 1), ("eight", [], 8)):
+        evals, losses = _finetune_cli_metrics(tmp_path, char_run, name, *flags, devices=devices)
+        assert [(s, a) for s, a, _ in evals] == [(s, a) for s, a, _ in one_evals], name
+        np.testing.assert_allclose([e[2] for e in evals], [e[2] for e in one_evals], rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(losses, one_losses, rtol=1e-4, err_msg=name)
+
+
+def test_rerunning_a_finished_fine_tuning_adds_no_metrics_rows(tmp_path, char_run):
+    train_file = _task_files(tmp_path, "classification")
+    workdir = str(tmp_path / "run")
+    config = _tiny_config("classification", char_run, train_file)
+    first = trainer.finetune(config, workdir)
+    rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    again = trainer.finetune(config, workdir)
+    assert metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl")) == rows
+    assert again["eval_accuracy"] == first["eval_accuracy"] and again["step"] == first["step"]

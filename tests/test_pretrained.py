@@ -475,7 +475,7 @@ def test_finetune_data_uses_the_pretrained_tokenizer(tmp_path, openai_dir):
     tokenizer's meta and is reused."""
     import importlib.util
 
-    from gpt_jax.train import _setup_model_and_data
+    from gpt_jax.train import model_and_data
 
     spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(ROOT, "configs", "tiny.py"))
     tiny = importlib.util.module_from_spec(spec)
@@ -488,7 +488,7 @@ def test_finetune_data_uses_the_pretrained_tokenizer(tmp_path, openai_dir):
     config.data.dataset = str(tmp_path / "data.txt")
     config.model.dropout = 0.0
     for _ in range(2):
-        train, val, tok, cfg, params = _setup_model_and_data(config, str(tmp_path / "run"))
+        cfg, params, tok, train, val = model_and_data(config, str(tmp_path / "run"))
         assert isinstance(tok, tok_lib.HFTokenizer)
         assert np.concatenate([train, val]).tolist() == tok.encode(text)
         assert (cfg.norm_position, cfg.vocab_size, cfg.block_size, cfg.dropout) == ("post", 72, 64, 0.0)

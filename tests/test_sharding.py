@@ -4,14 +4,15 @@ import textwrap
 
 MANY_STEPS = textwrap.dedent("""
     import jax, numpy as np
-    from gpt_jax import sharding as shard_lib, train as train_lib
+    from functools import partial
+    from gpt_jax import optim, sharding as shard_lib, train as train_lib
     from gpt_jax.config import ModelConfig, default_config
-    from gpt_jax.model import GPT
+    from gpt_jax.model import GPT, init_params
     assert len(jax.devices()) == 2
     cfg = ModelConfig(n_layer=2, n_head=2, d_model=64, d_ff=256, block_size=32, vocab_size=65, dropout=0.0)
     mesh = shard_lib.make_mesh()
-    tx, _ = train_lib.make_optimizer(default_config().optim, 1000)
-    state = train_lib.init_state(cfg, tx, 0, mesh)
+    tx, _ = optim.make_optimizer(default_config().optim, 1000)
+    state = optim.init_state(tx, 0, mesh, partial(init_params, cfg))
     step = train_lib.make_train_step(GPT(cfg), tx, mesh)
     x = np.random.default_rng(0).integers(0, 65, (8, 33)).astype(np.int32)
     b = shard_lib.put_batch({"inputs": x[:, :-1], "targets": x[:, 1:]}, mesh)

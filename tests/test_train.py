@@ -1,20 +1,22 @@
 import json
 import textwrap
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gpt_jax import optim
 from gpt_jax import sharding as shard_lib
 from gpt_jax import train as train_lib
 from gpt_jax.config import ModelConfig, default_config
-from gpt_jax.model import GPT
+from gpt_jax.model import GPT, init_params
 
 CFG = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, block_size=16, vocab_size=40, dropout=0.0)
 
 
-def optim(**kw):
+def optim_cfg(**kw):
     o = default_config().optim
     o.update(dict(learning_rate=1e-2, warmup_steps=2), **kw)
     return o
@@ -27,19 +29,19 @@ def batch(B=8, seed=0):
 
 def test_schedule_gpt1():
     o = default_config().optim  # GPT-1: 2.5e-4, 2000 warmup steps, cosine to 0
-    sched = train_lib.make_schedule(o, 10_000)
+    sched = optim.make_schedule(o, 10_000)
     assert float(sched(0)) == 0.0
     np.testing.assert_allclose(float(sched(1000)), 1.25e-4, rtol=1e-5)
     np.testing.assert_allclose(float(sched(2000)), 2.5e-4, rtol=1e-5)
     np.testing.assert_allclose(float(sched(6000)), 1.25e-4, rtol=1e-4)  # half way down the cosine
     assert float(sched(10_000)) < 1e-12
-    lin = train_lib.make_schedule(optim(schedule="linear", warmup_steps=10, learning_rate=1.0), 110)
+    lin = optim.make_schedule(optim_cfg(schedule="linear", warmup_steps=10, learning_rate=1.0), 110)
     np.testing.assert_allclose([float(lin(5)), float(lin(10)), float(lin(60)), float(lin(110))], [0.5, 1, 0.5, 0])
 
 
 def test_weight_decay_mask():
-    params = jax.eval_shape(lambda: train_lib.init_params(CFG.replace(norm_position="pre"), jax.random.PRNGKey(0)))
-    mask = train_lib.decay_mask(params)
+    params = jax.eval_shape(lambda: init_params(CFG.replace(norm_position="pre"), jax.random.PRNGKey(0)))
+    mask = optim.decay_mask(params)
     assert mask["wte"] and mask["wpe"] and mask["h_0"]["attn"]["c_attn"]["kernel"]
     assert not mask["h_0"]["attn"]["c_attn"]["bias"] and not mask["h_0"]["ln_1"]["scale"]
     assert not mask["ln_f"]["bias"]
@@ -47,8 +49,8 @@ def test_weight_decay_mask():
 
 def test_loss_matches_uniform_at_init_and_decreases():
     mesh = shard_lib.make_mesh(jax.devices()[:1])
-    tx, sched = train_lib.make_optimizer(optim(), 100)
-    state = train_lib.init_state(CFG, tx, 0, mesh)
+    tx, sched = optim.make_optimizer(optim_cfg(), 100)
+    state = optim.init_state(tx, 0, mesh, partial(init_params, CFG))
     step = train_lib.make_train_step(GPT(CFG), tx, mesh, schedule=sched)
     b = shard_lib.put_batch(batch(), mesh)
     losses = []
@@ -65,11 +67,11 @@ def test_grad_accumulation_equals_full_batch(dropout):
     """Also with dropout: each row draws its masks from its index in the global batch, not its microbatch."""
     cfg = CFG.replace(dropout=dropout)
     mesh = shard_lib.make_mesh(jax.devices()[:1])
-    tx, _ = train_lib.make_optimizer(optim(), 100)
+    tx, _ = optim.make_optimizer(optim_cfg(), 100)
     b = batch()
     out = []
     for accum in (1, 4):
-        state = train_lib.init_state(cfg, tx, 0, mesh)
+        state = optim.init_state(tx, 0, mesh, partial(init_params, cfg))
         step = train_lib.make_train_step(GPT(cfg), tx, mesh, accum)
         state, m = step(state, shard_lib.put_batch(b, mesh))
         out.append((float(m["loss"]), float(m["grad_norm"]), state.params))
@@ -81,8 +83,8 @@ def test_grad_accumulation_equals_full_batch(dropout):
 
 def test_eval_step_weights():
     mesh = shard_lib.make_mesh(jax.devices()[:1])
-    tx, _ = train_lib.make_optimizer(optim(), 100)
-    state = train_lib.init_state(CFG, tx, 0, mesh)
+    tx, _ = optim.make_optimizer(optim_cfg(), 100)
+    state = optim.init_state(tx, 0, mesh, partial(init_params, CFG))
     ev = train_lib.make_eval_step(GPT(CFG), mesh)
     b = batch(4)
     full = train_lib.evaluate(ev, state.params, [dict(b, weights=np.ones(4, np.float32))], mesh)
@@ -94,9 +96,10 @@ def test_eval_step_weights():
 
 EIGHT_DEVICES = textwrap.dedent("""
     import json, jax, numpy as np
-    from gpt_jax import sharding as shard_lib, train as train_lib
+    from functools import partial
+    from gpt_jax import optim, sharding as shard_lib, train as train_lib
     from gpt_jax.config import ModelConfig, default_config
-    from gpt_jax.model import GPT
+    from gpt_jax.model import GPT, init_params
     assert len(jax.devices()) == 8, jax.devices()
     cfg = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, block_size=16, vocab_size=40, dropout=0.1)
     o = default_config().optim; o.learning_rate = 1e-2; o.warmup_steps = 2
@@ -105,8 +108,8 @@ EIGHT_DEVICES = textwrap.dedent("""
     out = {}
     for n, flat in ((1, None), (8, True), (8, False)):  # 8 devices: the CPU flat reduction and XLA's (GSPMD)
         mesh = shard_lib.make_mesh(jax.devices()[:n])
-        tx, _ = train_lib.make_optimizer(o, 100)
-        state = train_lib.init_state(cfg, tx, 0, mesh)
+        tx, _ = optim.make_optimizer(o, 100)
+        state = optim.init_state(tx, 0, mesh, partial(init_params, cfg))
         step = train_lib.make_train_step(GPT(cfg), tx, mesh, 2, flat_grad_reduce=flat)
         losses = []
         for _ in range(3):
@@ -137,8 +140,8 @@ def test_mfu_flop_count_matches_xla_cost_analysis():
 
     cfg = ModelConfig(n_layer=2, n_head=4, d_model=64, d_ff=256, block_size=64, vocab_size=500, dropout=0.0)
     mesh = shard_lib.make_mesh(jax.devices()[:1])
-    tx, _ = train_lib.make_optimizer(optim(), 100)
-    state = train_lib.init_state(cfg, tx, 0, mesh)
+    tx, _ = optim.make_optimizer(optim_cfg(), 100)
+    state = optim.init_state(tx, 0, mesh, partial(init_params, cfg))
     step = train_lib.make_train_step(GPT(cfg), tx, mesh)
     x = np.zeros((4, 64), np.int32)
     cost = step.lower(state, shard_lib.put_batch({"inputs": x, "targets": x}, mesh)).compile().cost_analysis()

@@ -6,7 +6,7 @@ import sys
 
 import jax
 
-from gpt_jax import tokenizer as tok_lib
+from gpt_jax import sources
 from gpt_jax.config import default_config
 from gpt_jax.model import GPT
 from gpt_jax.sampling import SamplingError, model_sampler
@@ -21,20 +21,10 @@ def run_sampling(*, workdir=None, init_from=None, prompt=None, prompt_file=None,
     if bool(workdir) == bool(init_from):
         raise SamplingError("pass exactly one of --workdir=RUN_FOLDER or --init_from=MODEL")
     defaults = default_config().sample.to_dict()
-    if init_from:
-        from gpt_jax import pretrained
-
-        model, params, tokenizer = pretrained.load(init_from, with_tokenizer=True)
-        cfg = model.cfg
-        if tokenizer is None:
-            raise SamplingError(f"{init_from} has no tokenizer files this project can read; "
-                                "put its tokenizer.json in the folder")
-    else:
-        from gpt_jax.checkpoint import load_params
-
-        cfg, meta, params = load_params(workdir)
-        tokenizer = tok_lib.from_meta(meta["tokenizer"])
-        defaults.update(meta.get("config", {}).get("sample", {}))
+    source = sources.load(workdir or init_from, what="--workdir" if workdir else "--init_from", run_only=bool(workdir))
+    cfg, params, tokenizer = source.config, source.params, source.tokenizer
+    if source.meta is not None:  # a run's own sampling defaults
+        defaults.update(source.meta.get("config", {}).get("sample", {}))
     if prompt_file:
         try:
             with open(prompt_file, encoding="utf-8") as f:

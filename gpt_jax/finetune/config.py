@@ -63,6 +63,7 @@ def default_config(task: str = "classification"):
     c.train = ConfigDict()
     c.train.batch_size = 32  # examples per optimizer step (multiple choice: each with all its answers)
     c.train.epochs = 3  # passes over the training file
+    c.train.grad_accum_steps = 1  # microbatches per step (batch_size must divide evenly)
     c.train.eval_batch_size = 64  # examples per evaluation / prediction batch
     c.train.log_every = 20  # steps between train-loss logs
     c.train.max_to_keep = 1  # checkpoints kept (one per epoch is written; 0 = all)

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt_jax import optim
 from gpt_jax.config import ModelConfig
 from gpt_jax.losses import NEG_INF, cross_entropy, lm_loss
 from gpt_jax.model import GPT, head_weight
@@ -53,35 +54,63 @@ def task_losses(out, labels, regression: bool):
     return cross_entropy(out, labels)
 
 
-def lm_loss_sums(h, head_w, ids, lengths, weights, vocab_size: int):
-    """(sum of -log p, count) over next-token targets that are real tokens: inside the sequence (not padding)
-    and not a special token (ids >= vocab_size), in rows with weight > 0. h: (B*S, T, C) hidden states, head_w:
-    (padded_vocab, C); the fused `lm_loss` never holds the (B*S, T, vocab) logits."""
-    B, S, T = ids.shape
-    flat = ids.reshape(B * S, T)
-    targets = flat[:, 1:]  # (B*S, T-1)
-    inside = jnp.arange(1, T)[None, :] < lengths.reshape(B * S, 1)
-    w = (inside & (targets < vocab_size)).astype(jnp.float32) * jnp.repeat(weights, S)[:, None]
-    return lm_loss(h[:, :-1], head_w, targets, w, vocab_size), w.sum()
+def lm_target_mask(ids, lengths, vocab_size: int):
+    """(B, S, T) ids -> (B, S, T-1) float32: 1 where the next-token target is a real token, inside the sequence
+    (not padding) and not a special token (ids >= vocab_size)."""
+    inside = jnp.arange(1, ids.shape[-1]) < lengths[..., None]
+    return (inside & (ids[..., 1:] < vocab_size)).astype(jnp.float32)
+
+
+def normalize(batch, vocab_size: int, with_lm: bool):
+    """The batch with its loss weights normalized over the whole batch (see `gpt_jax.optim`): `task_weights` (B,)
+    w / sum(w), and with the LM term `lm_weights` (B, S, T-1) over every real next-token target of the weighted
+    rows."""
+    w = batch["weights"]
+    out = dict(batch, task_weights=w / jnp.maximum(w.sum(), 1.0))
+    if with_lm:
+        targets = lm_target_mask(batch["ids"], batch["lengths"], vocab_size) * w[:, None, None]
+        out["lm_weights"] = targets / jnp.maximum(targets.sum(), 1.0)
+    return out
+
+
+def _forward(params, model: FinetuneModel, batch, rng, train: bool, with_lm: bool, rows):
+    """(task outputs, hidden states (B*S, T, C) or None); in training each example draws its dropout masks from
+    fold_in(rng, its row in the global batch)."""
+    ids, lengths = batch["ids"], batch["lengths"]
+    if not (train and (model.cfg.dropout > 0 or model.clf_dropout > 0)):
+        return model.apply({"params": params}, ids, lengths, with_lm=with_lm)
+    rows = jnp.arange(ids.shape[0]) if rows is None else rows
+
+    def one_example(ids_1, lengths_1, key):  # (S, T), (S,) -> (K,) or (S,), (S, T, C)
+        out, h = model.apply({"params": params}, ids_1[None], lengths_1[None], train=True, with_lm=with_lm,
+                             rngs={"dropout": key})
+        return out[0], h
+
+    out, h = optim.per_row(one_example, rng, rows, ids, lengths)
+    return out, (None if h is None else h.reshape(-1, *h.shape[2:]))
+
+
+def weighted_loss(params, model: FinetuneModel, batch, rng=None, train: bool = False, aux_lm_weight: float = 0.5,
+                  regression: bool = False, rows=None):
+    """L = L_task + aux_lm_weight * L_lm as sums weighted by `normalize`'s weights; (L, parts)."""
+    with_lm = aux_lm_weight > 0
+    out, h = _forward(params, model, batch, rng, train, with_lm, rows)
+    task = (task_losses(out, batch["labels"], regression) * batch["task_weights"]).sum()
+    parts = {"task_loss": task}
+    if not with_lm:
+        return task, parts
+    B, S, T = batch["ids"].shape
+    targets = batch["ids"].reshape(B * S, T)[:, 1:]
+    parts["lm_loss"] = lm_loss(h[:, :-1], head_weight(params["gpt"], model.cfg), targets,
+                               batch["lm_weights"].reshape(B * S, T - 1), model.cfg.vocab_size)
+    return task + aux_lm_weight * parts["lm_loss"], parts
 
 
 def loss_fn(params, model: FinetuneModel, batch, rng=None, train: bool = False, aux_lm_weight: float = 0.5,
             regression: bool = False):
-    """L = L_task + aux_lm_weight * L_lm, each a mean over the weighted examples / tokens; (L, parts)."""
-    rngs = {"dropout": rng} if train else None
-    with_lm = aux_lm_weight > 0
-    out, h = model.apply({"params": params}, batch["ids"], batch["lengths"], train=train, with_lm=with_lm,
-                         rngs=rngs)
-    w = batch["weights"]
-    task = (task_losses(out, batch["labels"], regression) * w).sum() / jnp.maximum(w.sum(), 1.0)
-    parts = {"task_loss": task}
-    total = task
-    if with_lm:
-        s, n = lm_loss_sums(h, head_weight(params["gpt"], model.cfg), batch["ids"], batch["lengths"], w,
-                            model.cfg.vocab_size)
-        parts["lm_loss"] = s / jnp.maximum(n, 1.0)
-        total = total + aux_lm_weight * parts["lm_loss"]
-    return total, parts
+    """L = L_task + aux_lm_weight * L_lm, each a mean over the batch's weighted examples / real tokens; (L, parts)."""
+    batch = normalize(batch, model.cfg.vocab_size, aux_lm_weight > 0)
+    return weighted_loss(params, model, batch, rng, train, aux_lm_weight, regression)
 
 
 def head_params(d_model: int, n_outputs: int, rng) -> dict:

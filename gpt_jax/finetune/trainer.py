@@ -1,10 +1,10 @@
-"""The fine-tuning run: load the pre-trained model, train with the auxiliary LM loss, evaluate every epoch,
-checkpoint, and predict labels for new files.
+"""The fine-tuning run: load the pre-trained model, train with the auxiliary LM loss on the shared loop
+(`gpt_jax.loop`), evaluate every epoch, checkpoint, and predict labels for new files.
 
 `finetune(config, workdir)` resumes from WORKDIR's newest checkpoint (the batch of step s is a function of
-(seed, s), dropout keys are fold_in(key, s), so a resumed run continues as the uninterrupted one would).
-Checkpoints reuse `gpt_jax.checkpoint.Checkpointer`: params {"gpt", "head"}, and in meta the model config,
-tokenizer, task, label mapping and the run's config.
+(seed, s), dropout keys are per row of fold_in(key, s), so a resumed run continues as the uninterrupted one would).
+Checkpoints: params {"gpt", "head"}, and in meta the model config, tokenizer, task, label mapping and the run's
+config.
 """
 
 from __future__ import annotations
@@ -13,69 +13,29 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from functools import partial
 from typing import Optional
 
 import jax
 import numpy as np
-import optax
 
 from gpt_jax import checkpoint as ckpt_lib
-from gpt_jax import metrics as metrics_lib
+from gpt_jax import optim
 from gpt_jax import sharding as shard_lib
+from gpt_jax import sources
 from gpt_jax import tokenizer as tok_lib
 from gpt_jax.config import ModelConfig
 from gpt_jax.finetune import formats
 from gpt_jax.finetune.config import check_task
 from gpt_jax.finetune.data import FinetuneDataError, LabelSpace, read_examples
-from gpt_jax.finetune.model import FinetuneModel, extend_vocab, head_params, loss_fn
-from gpt_jax.utils import atomic_write, write_json
-from gpt_jax.train import TrainState, init_state, make_optimizer
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from gpt_jax.finetune.model import FinetuneModel, extend_vocab, head_params, normalize, weighted_loss
+from gpt_jax.loop import Cadence, Run, Task, log, train_loop
+from gpt_jax.model import count_params
+from gpt_jax.utils import atomic_write
 
 
 # ----------------------------------------------------------------------------------------- models
-
-
-def _read_meta(workdir: str) -> Optional[dict]:
-    """The meta of WORKDIR's newest checkpoint, or None when it has none."""
-    if not os.path.isdir(ckpt_lib.checkpoint_dir(workdir)):
-        return None
-    ckpt = ckpt_lib.Checkpointer(workdir, create=False)
-    step = ckpt.latest_step()
-    meta = None if step is None else ckpt.read_meta(step)
-    ckpt.close()
-    return meta
-
-
-def load_pretrained(init_from: str):
-    """(ModelConfig, GPT params, tokenizer) of a train.py workdir, or of a pretrained name / HF folder."""
-    if not init_from:
-        raise ValueError("set the pre-trained model: --config.init_from=runs/shakespeare (a train.py workdir), "
-                         "gpt2, openai-gpt or a Hugging Face model folder")
-    meta = _read_meta(init_from)
-    if meta is not None:
-        if "finetune" in meta:
-            raise ValueError(f"{init_from} is a fine-tuning run; init_from takes a pre-training run (train.py)")
-        cfg, meta, params = ckpt_lib.load_params(init_from)
-        return cfg, params, tok_lib.from_meta(meta["tokenizer"])
-    if os.path.isdir(ckpt_lib.checkpoint_dir(init_from)):
-        raise ckpt_lib.CheckpointError(f"no complete checkpoint in {ckpt_lib.checkpoint_dir(init_from)}")
-    try:
-        from gpt_jax import pretrained
-    except ImportError:
-        raise ValueError(f"init_from {init_from!r} is not a train.py workdir (no checkpoints in it), and this "
-                         "install cannot load pretrained models") from None
-    model, params, tokenizer = pretrained.load(init_from, with_tokenizer=True)
-    if tokenizer is None:
-        raise ValueError(f"{init_from} has no tokenizer files this project can read; put its tokenizer.json in "
-                         "the folder")
-    return model.cfg, params, tokenizer
 
 
 def _abstract_params(model: FinetuneModel, n_seq: int):
@@ -86,40 +46,34 @@ def _abstract_params(model: FinetuneModel, n_seq: int):
 
 def load_finetuned(workdir: str, sharding=None):
     """(model, params, meta) of a fine-tuning run's newest checkpoint."""
-    meta = _read_meta(workdir)
+    meta = ckpt_lib.newest_meta(workdir)
     if meta is None:
         raise ckpt_lib.CheckpointError(f"no fine-tuning checkpoint in {workdir}: run finetune.py --config=... "
                                        f"--workdir={workdir} first")
-    if "finetune" not in meta:
-        raise ValueError(f"{workdir} is a pre-training run, not a fine-tuning run")
+    if not sources.is_finetuning_run(meta):
+        raise ValueError(f"{workdir} is a pre-training run, not a fine-tuning run: sample from it with "
+                         f"sample.py --workdir={workdir}, or fine-tune it with --config.init_from={workdir}")
     ft = meta["finetune"]
     labels = LabelSpace.from_meta(ft["labels"])
     model = FinetuneModel(ModelConfig.from_dict(meta["model"]), ft["task"], labels.n_outputs)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    ckpt = ckpt_lib.Checkpointer(workdir, create=False)
-    abstract = ckpt_lib.abstract_like(_abstract_params(model, 1), sharding)
-    params = ckpt.restore(ckpt.latest_step(), {"params": abstract})["params"]
-    ckpt.close()
+    params = ckpt_lib.restore_params(workdir, _abstract_params(model, 1), sharding)
     return model, params, meta
 
 
 # ----------------------------------------------------------------------------------------- steps
 
 
-def make_train_step(model: FinetuneModel, tx, mesh, aux_lm_weight: float, regression: bool, schedule):
-    repl, data = shard_lib.replicated(mesh), shard_lib.batch_sharding(mesh)
-    grad_fn = jax.value_and_grad(partial(loss_fn, model=model, train=True, aux_lm_weight=aux_lm_weight,
-                                         regression=regression), has_aux=True)
+def make_train_step(model: FinetuneModel, tx, mesh, aux_lm_weight: float, regression: bool, schedule,
+                    grad_accum_steps: int = 1):
+    """The jitted fine-tuning step (`optim.make_train_step` with the task + auxiliary LM loss)."""
 
-    def train_step(state: TrainState, batch):
-        (loss, parts), grads = grad_fn(state.params, batch=batch, rng=jax.random.fold_in(state.rng, state.step))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    def loss(params, batch, rng, rows):
+        return weighted_loss(params, model, batch, rng, True, aux_lm_weight, regression, rows)
 
-    step = jax.jit(train_step, donate_argnums=0, in_shardings=(repl, data), out_shardings=(repl, repl))
-    return shard_lib.one_step_in_flight(step, mesh)
+    return optim.make_train_step(loss, tx, mesh, grad_accum_steps=grad_accum_steps, schedule=schedule,
+                                 normalize=partial(normalize, vocab_size=model.cfg.vocab_size,
+                                                   with_lm=aux_lm_weight > 0))
 
 
 def make_predict_step(model: FinetuneModel, mesh):
@@ -191,151 +145,135 @@ def _check_config(config) -> tuple[str, bool, float]:
     return task, regression, aux
 
 
-def _model_source(config, workdir: str):
-    """(saved meta, ModelConfig with the special tokens, tokenizer, GPT params): from WORKDIR's checkpoint when
-    resuming (saved meta set, params None), else from config.init_from (saved meta None)."""
-    saved = _read_meta(workdir)
-    if saved is not None:
-        if "finetune" not in saved:
-            raise ValueError(f"{workdir} holds a pre-training run; pick another --workdir")
-        return saved, ModelConfig.from_dict(saved["model"]), tok_lib.from_meta(saved["tokenizer"]), None
-    base_cfg, base_params, tokenizer = load_pretrained(config.init_from)
-    key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1)
-    model_cfg, gpt_params = extend_vocab(base_cfg, base_params, formats.EXTRA_TOKENS, key)
-    return None, model_cfg, tokenizer, gpt_params
-
-
-def _initial_state(model: FinetuneModel, tx, mesh, ckpt, seed: int, gpt_params, n_seq: int) -> TrainState:
-    """A fresh state around the pre-trained `gpt_params` and a new head, or (gpt_params None) the newest
-    checkpoint's state."""
-    abstract = _abstract_params(model, n_seq)
-    if gpt_params is not None:
-        head = head_params(model.cfg.d_model, model.n_outputs, jax.random.fold_in(jax.random.PRNGKey(seed), 2))
-        params = {"gpt": gpt_params, "head": head}
-        if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(abstract):
-            raise ValueError("the pre-trained parameters do not match their model config")
-        return init_state(model.cfg, tx, seed, mesh, params)
-    repl = shard_lib.replicated(mesh)
-    rng = jax.random.split(jax.random.PRNGKey(seed))[1]  # shape and dtype as init_state draws it
-    restored = ckpt.restore(ckpt.latest_step(), {
-        "params": ckpt_lib.abstract_like(abstract, repl),
-        "opt_state": ckpt_lib.abstract_like(jax.eval_shape(tx.init, abstract), repl),
-        "train": ckpt_lib.abstract_like({"step": np.zeros((), np.int32), "rng": rng}, repl)})
-    return TrainState(step=restored["train"]["step"], params=restored["params"], opt_state=restored["opt_state"],
-                      rng=restored["train"]["rng"])
-
-
-def finetune(config, workdir: str) -> dict:
-    """Fine-tunes (resuming from WORKDIR's newest checkpoint if it has one); returns the final metrics."""
-    t_start = time.time()
-    task, regression, aux = _check_config(config)
-    tc, seed = config.train, int(config.seed)
+def _read_data(config, task: str, regression: bool):
+    """(train examples, eval examples or None, LabelSpace); a label the head cannot output fails here, before
+    the model is loaded."""
     train_ex = read_examples(config.data.train_file, config.data, task, what="data.train_file")
     eval_ex = (read_examples(config.data.eval_file, config.data, task, what="data.eval_file")
                if config.data.eval_file else None)
     labels = LabelSpace.from_train(train_ex, task, regression, str(config.data.labels))
-    for ex in eval_ex or ():  # a label the head cannot output: fail before loading the model
+    for ex in eval_ex or ():
         labels.encode(ex, config.data.eval_file)
+    return train_ex, eval_ex, labels
 
-    os.makedirs(workdir, exist_ok=True)
-    saved, model_cfg, tokenizer, gpt_params = _model_source(config, workdir)
-    model_cfg = model_cfg.replace(dropout=float(config.model.dropout), dtype=config.model.dtype)
+
+def _model_source(config, workdir: str):
+    """(saved meta, ModelConfig with the special tokens, tokenizer, GPT params): from WORKDIR's checkpoint when
+    resuming (saved meta set, params None), else from config.init_from (saved meta None)."""
+    saved = ckpt_lib.newest_meta(workdir)
+    if saved is not None:
+        if not sources.is_finetuning_run(saved):
+            raise ValueError(f"{workdir} holds a pre-training run; pick another --workdir")
+        return saved, ModelConfig.from_dict(saved["model"]), tok_lib.from_meta(saved["tokenizer"]), None
+    source = sources.load(config.init_from, what="init_from")
+    key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1)
+    model_cfg, gpt_params = extend_vocab(source.config, source.params, formats.EXTRA_TOKENS, key)
+    return None, model_cfg, source.tokenizer, gpt_params
+
+
+def _max_length(config, model_cfg: ModelConfig) -> int:
     max_length = int(config.model.max_length) or model_cfg.block_size
     if not formats.MIN_LENGTH <= max_length <= model_cfg.block_size:
         raise ValueError(f"model.max_length={max_length} must be in [{formats.MIN_LENGTH}, the model's "
                          f"block_size={model_cfg.block_size}]")
-    specials = formats.Specials.after(model_cfg.vocab_size)
-    ft_meta = {"task": task, "labels": labels.to_meta(), "max_length": max_length,
-               "init_from": str(config.init_from), "specials": dataclasses.asdict(specials)}
-    meta = {"model": model_cfg.to_dict(), "tokenizer": tokenizer.meta(), "finetune": ft_meta,
-            "config": config.to_dict()}
-    if saved is not None and (saved["finetune"] != ft_meta or saved["model"] != meta["model"]):
-        raise ValueError(f"{workdir} holds another fine-tuning run (task, labels, model or init_from differ); "
-                         "use a new --workdir")
+    return max_length
 
-    train_enc = formats.encode_examples(train_ex, task, tokenizer, specials, max_length, labels,
-                                        config.data.train_file)
-    eval_enc = (formats.encode_examples(eval_ex, task, tokenizer, specials, max_length, labels,
-                                        config.data.eval_file) if eval_ex else None)
-    for name, enc in (("train", train_enc), ("eval", eval_enc)):
-        if enc is not None:
-            _log(f"{name}: {len(enc):,} examples, {enc.n_truncated:,} truncated to {max_length} tokens "
-                 "(from the front of the longest part)")
 
-    mesh = shard_lib.make_mesh()
-    B, EB = int(tc.batch_size), int(tc.eval_batch_size)
-    shard_lib.check_batch_size(B, mesh)
-    shard_lib.check_batch_size(EB, mesh, "train.eval_batch_size")
-    spe = formats.steps_per_epoch(len(train_enc), B)
-    epochs = int(tc.epochs)
-    total = epochs * spe
-    optim = config.optim.copy_and_resolve_references()
-    with optim.unlocked():
-        optim.warmup_steps = int(math.ceil(float(config.optim.warmup_fraction) * total))
-    tx, schedule = make_optimizer(optim, total)
-    model = FinetuneModel(model_cfg, task, labels.n_outputs, float(config.model.clf_dropout))
+def _encode(examples, what: str, config, task, tokenizer, specials, max_length, labels):
+    path = config.data.train_file if what == "train" else config.data.eval_file
+    enc = formats.encode_examples(examples, task, tokenizer, specials, max_length, labels, path)
+    log(f"{what}: {len(enc):,} examples, {enc.n_truncated:,} truncated to {max_length} tokens (from the front of "
+        "the longest part)")
+    return enc
 
-    ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=int(tc.max_to_keep) or None)
-    writer = metrics_lib.MetricsWriter(workdir, tensorboard=bool(tc.tensorboard))
-    state = _initial_state(model, tx, mesh, ckpt, seed, gpt_params, train_enc.n_seq)
-    del gpt_params
-    start = int(jax.device_get(state.step))
-    if saved is not None:
-        writer.truncate_after(start)
-        _log(f"resumed from {ckpt.directory} at step {start}")
-    write_json(os.path.join(workdir, "config.json"), meta)
 
-    train_step = make_train_step(model, tx, mesh, aux, regression, schedule)
+def _optimizer(config, total_steps: int):
+    """The paper's schedule: warmup over optim.warmup_fraction of the steps, then the configured decay."""
+    optim_cfg = config.optim.copy_and_resolve_references()
+    with optim_cfg.unlocked():
+        optim_cfg.warmup_steps = int(math.ceil(float(config.optim.warmup_fraction) * total_steps))
+    return optim.make_optimizer(optim_cfg, total_steps)
+
+
+def _initial_params(model: FinetuneModel, seed: int, gpt_params, n_seq: int):
+    """The pre-trained `gpt_params` and a new head; or, resuming (gpt_params None), their shapes alone."""
+    abstract = _abstract_params(model, n_seq)
+    if gpt_params is None:
+        return abstract
+    head = head_params(model.cfg.d_model, model.n_outputs, jax.random.fold_in(jax.random.PRNGKey(seed), 2))
+    params = {"gpt": gpt_params, "head": head}
+    if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(abstract):
+        raise ValueError("the pre-trained parameters do not match their model config")
+    return params
+
+
+def _evaluation(model, enc, labels, batch_size: int, max_length: int, mesh, steps_per_epoch: int):
+    """The loop's evaluation hook: task metrics on the eval file."""
     predict_step = make_predict_step(model, mesh)
 
-    def evaluate(step: int) -> dict:
-        out = predict_outputs(predict_step, state.params, eval_enc, EB, max_length, mesh)
-        s = scores(out, eval_enc.targets, labels)
-        writer.write(step, epoch=step / spe, **{f"eval_{k}": v for k, v in s.items()})
-        bar.write(f"epoch {step / spe:g} (step {step}): eval {format_scores(s)}", file=sys.stdout)
-        return s
+    def evaluate(params, step: int):
+        s = scores(predict_outputs(predict_step, params, enc, batch_size, max_length, mesh), enc.targets, labels)
+        line = f"epoch {step / steps_per_epoch:g} (step {step}): eval {format_scores(s)}"
+        return {f"eval_{k}": v for k, v in s.items()}, line
 
+    return evaluate
+
+
+def _run_meta(config, task, labels, model_cfg, tokenizer, max_length, specials) -> dict:
+    ft_meta = {"task": task, "labels": labels.to_meta(), "max_length": max_length,
+               "init_from": str(config.init_from), "specials": dataclasses.asdict(specials)}
+    return {"model": model_cfg.to_dict(), "tokenizer": tokenizer.meta(), "finetune": ft_meta,
+            "config": config.to_dict()}
+
+
+def finetune(config, workdir: str) -> dict:
+    """Fine-tunes (resuming from WORKDIR's newest checkpoint if it has one); returns the final metrics."""
+    t_start, tc, seed = time.time(), config.train, int(config.seed)
+    task, regression, aux = _check_config(config)
+    train_ex, eval_ex, labels = _read_data(config, task, regression)
+    os.makedirs(workdir, exist_ok=True)
+    saved, model_cfg, tokenizer, gpt_params = _model_source(config, workdir)
+    model_cfg = model_cfg.replace(dropout=float(config.model.dropout), dtype=config.model.dtype)
+    max_length = _max_length(config, model_cfg)
+    specials = formats.Specials.after(model_cfg.vocab_size)
+    meta = _run_meta(config, task, labels, model_cfg, tokenizer, max_length, specials)
+    if saved is not None and (saved["finetune"] != meta["finetune"] or saved["model"] != meta["model"]):
+        raise ValueError(f"{workdir} holds another fine-tuning run (task, labels, model or init_from differ); "
+                         "use a new --workdir")
+    encode = partial(_encode, config=config, task=task, tokenizer=tokenizer, specials=specials,
+                     max_length=max_length, labels=labels)
+    train_enc, eval_enc = encode(train_ex, "train"), (encode(eval_ex, "eval") if eval_ex else None)
+
+    model = FinetuneModel(model_cfg, task, labels.n_outputs, float(config.model.clf_dropout))
+    params = _initial_params(model, seed, gpt_params, train_enc.n_seq)
+    del gpt_params
+    batch_size, eval_batch_size = int(tc.batch_size), int(tc.eval_batch_size)
+    mesh = shard_lib.data_mesh(batch_size, int(tc.grad_accum_steps), count_params(params))
+    shard_lib.check_batch_size(eval_batch_size, mesh, "train.eval_batch_size")
+    steps_per_epoch = formats.steps_per_epoch(len(train_enc), batch_size)
+    total = int(tc.epochs) * steps_per_epoch
+    tx, schedule = _optimizer(config, total)
+
+    run = Run(workdir, meta, max_to_keep=int(tc.max_to_keep), tensorboard=bool(tc.tensorboard))
+    state = run.resume_or_init(optim.abstract_state(tx, seed, mesh, params),
+                               partial(optim.init_state, tx, seed, mesh, params))
+    del params
     what = {"classes": f"labels {labels.names}", "regression": "a score", "choice": "a score per answer"}
-    _log(f"fine-tuning {task} ({what[labels.kind]}) from {config.init_from or 'the checkpoint'}: "
-         f"{epochs} epochs x {spe} steps of {B}, lr {float(config.optim.learning_rate):g}, aux LM weight {aux:g}; "
-         f"{mesh.devices.size} x {jax.devices()[0].platform}")
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, initial=start, disable=not tc.progress_bar, dynamic_ncols=True, file=sys.stderr)
-    result = {}
-    with ckpt_lib.interruptible(ckpt, lambda: state, start, meta) as stop:
-        try:
-            for step in range(start + 1, total + 1):
-                batch = formats.train_batch(train_enc, B, max_length, seed, step - 1)
-                state, m = train_step(state, shard_lib.put_batch(batch, mesh))
-                if step % int(tc.log_every) == 0 or step % spe == 0:
-                    m = jax.device_get(m)
-                    if not math.isfinite(float(m["loss"])):
-                        raise FloatingPointError(f"loss is {m['loss']} at step {step}; "
-                                                 "lower optim.learning_rate")
-                    writer.write(step, epoch=step / spe, train_loss=m["loss"], task_loss=m["task_loss"],
-                                 lm_loss=m.get("lm_loss"), lr=m["lr"], grad_norm=m["grad_norm"])
-                    bar.set_postfix(loss=f"{m['loss']:.4f}", task=f"{m['task_loss']:.4f}")
-                if step % spe == 0:
-                    if eval_enc is not None:
-                        result = evaluate(step)
-                    ckpt.save_state(step, state, meta)
-                bar.update(1)
-                if stop.is_set():  # Ctrl-C / SIGTERM, deferred to this step boundary
-                    raise ckpt_lib.StopRequested
-        finally:
-            bar.close()
-    if start >= total:
-        _log(f"{workdir} already finished at step {start}")
-        if eval_enc is not None:
-            result = evaluate(start)
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-    result = {f"eval_{k}": v for k, v in result.items()}
-    result.update(step=max(start, total), epochs=epochs, n_train=len(train_enc),
+    log(f"fine-tuning {task} ({what[labels.kind]}) from {config.init_from or 'the checkpoint'}: {tc.epochs} epochs "
+        f"x {steps_per_epoch} steps of {batch_size}, lr {float(config.optim.learning_rate):g}, aux LM weight "
+        f"{aux:g}; {mesh.devices.size} x {mesh.devices.flat[0].platform}")
+    train_task = Task(
+        train_step=make_train_step(model, tx, mesh, aux, regression, schedule, int(tc.grad_accum_steps)),
+        batch=partial(formats.train_batch, train_enc, batch_size, max_length, seed),
+        evaluate=eval_enc and _evaluation(model, eval_enc, labels, eval_batch_size, max_length, mesh,
+                                          steps_per_epoch),
+        log_fields=lambda step: {"epoch": step / steps_per_epoch})
+    cadence = Cadence(total, int(tc.log_every), steps_per_epoch, steps_per_epoch, bool(tc.progress_bar))
+    state, last_eval = train_loop(run, state, train_task, cadence, mesh)
+    run.close()
+    result = dict(last_eval, step=int(jax.device_get(state.step)), epochs=int(tc.epochs), n_train=len(train_enc),
                   n_truncated=train_enc.n_truncated, wall_s=time.time() - t_start)
-    print(f"fine-tuned in {result['wall_s']:.0f} s; checkpoint in {ckpt.directory}", flush=True)
+    print(f"fine-tuned in {result['wall_s']:.0f} s; checkpoint in {run.ckpt.directory}", flush=True)
     return result
 
 
@@ -364,7 +302,7 @@ def predict(workdir: str, path: str, out_path: Optional[str] = None, *, overwrit
     specials = formats.Specials(**ft["specials"])
     tokenizer = tok_lib.from_meta(meta["tokenizer"])
     enc = formats.encode_examples(examples, ft["task"], tokenizer, specials, ft["max_length"], path=path)
-    _log(f"predict: {len(enc):,} examples, {enc.n_truncated:,} truncated to {ft['max_length']} tokens")
+    log(f"predict: {len(enc):,} examples, {enc.n_truncated:,} truncated to {ft['max_length']} tokens")
     mesh = shard_lib.make_mesh(jax.local_devices()[:1])
     out = predict_outputs(make_predict_step(model, mesh), params, enc,
                           batch_size or int(cfg["train"]["eval_batch_size"]), ft["max_length"], mesh)
@@ -387,6 +325,6 @@ def predict(workdir: str, path: str, out_path: Optional[str] = None, *, overwrit
             targets = np.asarray([labels.encode(ex, path) for ex in examples])
             print(f"predict_file {path}: {format_scores(scores(out, targets, labels))}", flush=True)
         except FinetuneDataError as e:
-            _log(f"not scored: {e}")
+            log(f"not scored: {e}")
     print(f"wrote {len(rows):,} predictions to {out_path}", flush=True)
     return out_path
