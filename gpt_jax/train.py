@@ -125,34 +125,34 @@ def _check_same_run(run: Run, model_cfg: ModelConfig) -> None:
 
 
 def _pretraining_task(config, model: GPT, tx, schedule, mesh, train_tokens, val_tokens, n_params: int) -> Task:
-    tc, T = config.train, model.cfg.block_size
-    batch_size = int(tc.batch_size)
+    train_cfg, T = config.train, model.cfg.block_size
+    batch_size = int(train_cfg.batch_size)
     eval_step = make_eval_step(model, mesh)
-    val_batches = data_lib.eval_batches(val_tokens, T, round_up(int(tc.eval_batch_size), mesh.devices.size),
-                                        int(tc.eval_max_windows))
+    val_batches = data_lib.eval_batches(val_tokens, T, round_up(int(train_cfg.eval_batch_size), mesh.devices.size),
+                                        int(train_cfg.eval_max_windows))
 
     def evaluate_val(params, step: int):
         val_loss = evaluate(eval_step, params, val_batches, mesh)
         return {"val_loss": val_loss}, f"step {step}: val loss {val_loss:.4f}"
 
-    return Task(train_step=make_train_step(model, tx, mesh, int(tc.grad_accum_steps), schedule),
+    return Task(train_step=make_train_step(model, tx, mesh, int(train_cfg.grad_accum_steps), schedule),
                 batch=data_lib.Batches(train_tokens, T, batch_size, int(config.seed)), evaluate=evaluate_val,
                 tokens_per_step=batch_size * T, flops_per_token=metrics_lib.flops_per_token(model.cfg, n_params, T),
-                peak_flops=metrics_lib.device_peak_flops(float(tc.peak_flops)))
+                peak_flops=metrics_lib.device_peak_flops(float(train_cfg.peak_flops)))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (resuming from WORKDIR's newest checkpoint if there is one); returns the final metrics."""
-    t_start, tc = time.time(), config.train
+    t_start, train_cfg = time.time(), config.train
     os.makedirs(workdir, exist_ok=True)
     model_cfg, pretrained_params, tokenizer, train_tokens, val_tokens = model_and_data(config, workdir)
     params_or_init = pretrained_params if pretrained_params is not None else partial(init_params, model_cfg)
     n_all = count_params(jax.eval_shape(partial(init_params, model_cfg, jax.random.PRNGKey(0))))
-    mesh = shard_lib.data_mesh(int(tc.batch_size), int(tc.grad_accum_steps), n_all)
-    tx, schedule = optim.make_optimizer(config.optim, int(tc.max_steps))
+    mesh = shard_lib.data_mesh(int(train_cfg.batch_size), int(train_cfg.grad_accum_steps), n_all)
+    tx, schedule = optim.make_optimizer(config.optim, int(train_cfg.max_steps))
     meta = {"model": model_cfg.to_dict(), "tokenizer": tokenizer.meta(), "config": config.to_dict()}
 
-    run = Run(workdir, meta, max_to_keep=int(tc.max_to_keep), tensorboard=bool(tc.tensorboard))
+    run = Run(workdir, meta, max_to_keep=int(train_cfg.max_to_keep), tensorboard=bool(train_cfg.tensorboard))
     _check_same_run(run, model_cfg)
     seed = int(config.seed)
     state = run.resume_or_init(optim.abstract_state(tx, seed, mesh, params_or_init),
@@ -164,8 +164,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "device(s)")
     task = _pretraining_task(config, GPT(model_cfg), tx, schedule, mesh, train_tokens, val_tokens,
                              count_params(state.params, exclude_positions=True))
-    cadence = Cadence(int(tc.max_steps), int(tc.log_every), int(tc.eval_every), int(tc.checkpoint_every),
-                      bool(tc.progress_bar))
+    cadence = Cadence(int(train_cfg.max_steps), int(train_cfg.log_every), int(train_cfg.eval_every),
+                      int(train_cfg.checkpoint_every), bool(train_cfg.progress_bar))
     state, last_eval = train_loop(run, state, task, cadence, mesh)
     run.close()
     result = {"step": int(jax.device_get(state.step)), "val_loss": last_eval.get("val_loss"),

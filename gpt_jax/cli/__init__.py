@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 # Errors a user can fix: reported as one line, exit status 2, no traceback.
 USER_ERRORS = (ValueError, OSError, RuntimeError)
@@ -23,7 +27,7 @@ def set_cpu_devices() -> None:
 
 def setup_jax() -> None:
     """A persistent compilation cache, so a rerun (e.g. a resume) skips most compilation."""
-    import jax
+    import jax  # imported here, after `set_cpu_devices` has set XLA_FLAGS: JAX reads them once, when it starts
 
     cache = os.environ.get("GPT_JAX_COMPILE_CACHE", os.path.expanduser("~/.cache/gpt_jax/xla"))
     if cache:
@@ -33,13 +37,9 @@ def setup_jax() -> None:
 
 def parse_flags(argv):
     """absl flag parsing, with a bad flag, config file or config key reported as one line (exit 2)."""
-    from absl import flags
-
     try:
         argv = flags.FLAGS(argv)
         if "config" in flags.FLAGS and flags.FLAGS["config"].present:
-            from ml_collections import config_flags
-
             path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"config file {path} not found; the configs are in configs/*.py")
@@ -48,8 +48,6 @@ def parse_flags(argv):
     except Exception as e:  # absl's flags.Error, and whatever a config file or an override raises
         msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split()).strip("'\"") or type(e).__name__
         if isinstance(e, (AttributeError, KeyError)):  # ConfigDict's answer to a misspelt --config.x.y
-            import re
-
             m = re.search(r"(\w+)'?\s*(Did you mean.*)?$", msg)
             msg = f"unknown config key '{m.group(1)}'" + (f"; {m.group(2)}" if m and m.group(2) else "")
         print(f"error: {msg}", file=sys.stderr)
@@ -60,16 +58,12 @@ def start(main, cpu_data_parallel: bool = False) -> None:
     """Entry point of a CLI: parse flags, run `main(argv)`, turn user errors into one line and exit 2.
 
     cpu_data_parallel: one CPU device per core (training); sampling is faster on one device."""
-    from absl import app
-
     if cpu_data_parallel:
         set_cpu_devices()
     app.run(lambda argv: run_main(main, argv), flags_parser=parse_flags)
 
 
 def run_main(main, argv) -> None:
-    from absl import logging
-
     logging.set_verbosity(logging.ERROR)  # Orbax logs every save step at INFO, read-only opens at WARNING
     try:
         main(argv)

@@ -6,6 +6,8 @@ warmup over 0.2% of the steps then linear decay to 0, dropout 0.1 on the classif
 
 from __future__ import annotations
 
+from ml_collections import ConfigDict
+
 from gpt_jax.config import default_optim
 
 TASKS = ("classification", "entailment", "similarity", "multiple_choice")
@@ -26,8 +28,6 @@ def check_task(task: str) -> str:
 
 
 def default_config(task: str = "classification"):
-    from ml_collections import ConfigDict
-
     check_task(task)
     c = ConfigDict()
     c.task = task  # classification | entailment | similarity | multiple_choice (the paper's Figure 1 formats)

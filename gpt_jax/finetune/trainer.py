@@ -19,6 +19,7 @@ from typing import Optional
 
 import jax
 import numpy as np
+from ml_collections import ConfigDict
 
 from gpt_jax import checkpoint as ckpt_lib
 from gpt_jax import optim
@@ -110,7 +111,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> Optional[float]:
 def scores(outputs: np.ndarray, targets: np.ndarray, labels: LabelSpace) -> dict:
     """Eval metrics: accuracy, loss and the majority-class accuracy; for regression Pearson, Spearman, MSE."""
     if labels.kind == "regression":
-        from scipy.stats import rankdata
+        from scipy.stats import rankdata  # imported here: heavy, and only regression tasks use it
 
         pred = outputs[:, 0] * labels.std + labels.mean
         gold = targets.astype(np.float64) * labels.std + labels.mean
@@ -228,7 +229,7 @@ def _run_meta(config, task, labels, model_cfg, tokenizer, max_length, specials) 
 
 def finetune(config, workdir: str) -> dict:
     """Fine-tunes (resuming from WORKDIR's newest checkpoint if it has one); returns the final metrics."""
-    t_start, tc, seed = time.time(), config.train, int(config.seed)
+    t_start, train_cfg, seed = time.time(), config.train, int(config.seed)
     task, regression, aux = _check_config(config)
     train_ex, eval_ex, labels = _read_data(config, task, regression)
     os.makedirs(workdir, exist_ok=True)
@@ -247,31 +248,32 @@ def finetune(config, workdir: str) -> dict:
     model = FinetuneModel(model_cfg, task, labels.n_outputs, float(config.model.clf_dropout))
     params = _initial_params(model, seed, gpt_params, train_enc.n_seq)
     del gpt_params
-    batch_size, eval_batch_size = int(tc.batch_size), int(tc.eval_batch_size)
-    mesh = shard_lib.data_mesh(batch_size, int(tc.grad_accum_steps), count_params(params))
+    batch_size, eval_batch_size = int(train_cfg.batch_size), int(train_cfg.eval_batch_size)
+    mesh = shard_lib.data_mesh(batch_size, int(train_cfg.grad_accum_steps), count_params(params))
     shard_lib.check_batch_size(eval_batch_size, mesh, "train.eval_batch_size")
     steps_per_epoch = formats.steps_per_epoch(len(train_enc), batch_size)
-    total = int(tc.epochs) * steps_per_epoch
+    total = int(train_cfg.epochs) * steps_per_epoch
     tx, schedule = _optimizer(config, total)
 
-    run = Run(workdir, meta, max_to_keep=int(tc.max_to_keep), tensorboard=bool(tc.tensorboard))
+    run = Run(workdir, meta, max_to_keep=int(train_cfg.max_to_keep), tensorboard=bool(train_cfg.tensorboard))
     state = run.resume_or_init(optim.abstract_state(tx, seed, mesh, params),
                                partial(optim.init_state, tx, seed, mesh, params))
     del params
     what = {"classes": f"labels {labels.names}", "regression": "a score", "choice": "a score per answer"}
-    log(f"fine-tuning {task} ({what[labels.kind]}) from {config.init_from or 'the checkpoint'}: {tc.epochs} epochs "
-        f"x {steps_per_epoch} steps of {batch_size}, lr {float(config.optim.learning_rate):g}, aux LM weight "
-        f"{aux:g}; {mesh.devices.size} x {mesh.devices.flat[0].platform}")
+    log(f"fine-tuning {task} ({what[labels.kind]}) from {config.init_from or 'the checkpoint'}: "
+        f"{train_cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}, lr "
+        f"{float(config.optim.learning_rate):g}, aux LM weight {aux:g}; {mesh.devices.size} x "
+        f"{mesh.devices.flat[0].platform}")
     train_task = Task(
-        train_step=make_train_step(model, tx, mesh, aux, regression, schedule, int(tc.grad_accum_steps)),
+        train_step=make_train_step(model, tx, mesh, aux, regression, schedule, int(train_cfg.grad_accum_steps)),
         batch=partial(formats.train_batch, train_enc, batch_size, max_length, seed),
         evaluate=eval_enc and _evaluation(model, eval_enc, labels, eval_batch_size, max_length, mesh,
                                           steps_per_epoch),
         log_fields=lambda step: {"epoch": step / steps_per_epoch})
-    cadence = Cadence(total, int(tc.log_every), steps_per_epoch, steps_per_epoch, bool(tc.progress_bar))
+    cadence = Cadence(total, int(train_cfg.log_every), steps_per_epoch, steps_per_epoch, bool(train_cfg.progress_bar))
     state, last_eval = train_loop(run, state, train_task, cadence, mesh)
     run.close()
-    result = dict(last_eval, step=int(jax.device_get(state.step)), epochs=int(tc.epochs), n_train=len(train_enc),
+    result = dict(last_eval, step=int(jax.device_get(state.step)), epochs=int(train_cfg.epochs), n_train=len(train_enc),
                   n_truncated=train_enc.n_truncated, wall_s=time.time() - t_start)
     print(f"fine-tuned in {result['wall_s']:.0f} s; checkpoint in {run.ckpt.directory}", flush=True)
     return result
@@ -289,8 +291,6 @@ def predict(workdir: str, path: str, out_path: Optional[str] = None, *, overwrit
             data_cfg=None, batch_size: int = 0) -> str:
     """Writes one JSON line per example of `path` (read with `data_cfg`, default the run's own data config):
     {"label", "probs"} for classes and answers, {"score"} for regression. Returns the output path."""
-    from ml_collections import ConfigDict
-
     out_path = out_path or os.path.join(workdir, "predictions.jsonl")
     check_output(out_path, overwrite)
     model, params, meta = load_finetuned(workdir)
