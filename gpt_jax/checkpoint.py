@@ -124,7 +124,17 @@ class Checkpointer:
 
 
 class StopRequested(KeyboardInterrupt):
-    """Raised by a training loop between steps after Ctrl-C or SIGTERM (see `stop_on_signals`)."""
+    """Raised by a training loop between steps after Ctrl-C or SIGTERM (see `stop_on_signals`); `signum` is the
+    signal, so the process can exit with 128 + signum as a shell expects."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__()
+        self.signum = int(signum)
+
+
+class _StopFlag(threading.Event):
+    """Set by the first Ctrl-C / SIGTERM; `signum` says which."""
+    signum: int = signal.SIGINT
 
 
 @contextlib.contextmanager
@@ -133,13 +143,14 @@ def stop_on_signals():
     raises StopRequested and checkpoints, so the signal never lands inside a half-done step or an Orbax save.
     A second signal acts at once (KeyboardInterrupt / termination). Handlers are only installed on the main
     thread (elsewhere the flag stays unset and signals behave as usual)."""
-    flag = threading.Event()
+    flag = _StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(sig, frame):
+        flag.signum = sig
         flag.set()
         signal.signal(sig, previous[sig])  # the next one is not deferred
 

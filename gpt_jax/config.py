@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 from ml_collections import ConfigDict
@@ -120,7 +121,8 @@ def default_config():
     c.train.eval_max_windows = 1024  # val windows evaluated (evenly spaced; 0 = the whole split)
     c.train.checkpoint_every = 1000  # steps between checkpoints (and at the end)
     c.train.max_to_keep = 3  # checkpoints kept (0 = all)
-    c.train.init_from = ""  # "" (random init), gpt2 / gpt2-medium / ... / openai-gpt, or a local HF folder
+    c.train.init_from = ""  # "" (random init), a train.py run folder, gpt2 / ... / openai-gpt, or a local HF folder
+    c.train.restore_step = 0  # resume from this checkpoint step instead of the newest (later ones are set aside)
     c.train.peak_flops = 0.0  # device peak FLOP/s for MFU (0 = data sheet for TPU/GPU, measured on CPU)
     c.train.progress_bar = True  # tqdm bar with loss, tokens/s and MFU
     c.train.tensorboard = True  # also write TensorBoard event files (tensorboardX)
@@ -132,3 +134,68 @@ def default_config():
     c.sample.top_k = 200  # 0 = off
     c.sample.top_p = 1.0  # nucleus sampling (1 = off)
     return c
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric config field: an interval, open or closed at each end, integers or reals."""
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        low = "-inf" if self.low == -math.inf else f"{self.low:g}"
+        high = "inf" if self.high == math.inf else f"{self.high:g}"
+        left = "(" if self.low_open or self.low == -math.inf else "["
+        right = ")" if self.high_open or self.high == math.inf else "]"
+        return f"{kind} in {left}{low}, {high}{right}"
+
+    def contains(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False  # NaN and infinities too
+        if self.integer and value != int(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+
+POSITIVE_INT, COUNT = Range(1, integer=True), Range(0, integer=True)  # 1, 2, ...; 0, 1, ...
+NON_NEGATIVE, POSITIVE, FRACTION = Range(0), Range(0, low_open=True), Range(0, 1, high_open=True)  # [0,1)
+
+OPTIM_RANGES = {
+    "optim.learning_rate": POSITIVE, "optim.min_learning_rate": NON_NEGATIVE, "optim.beta1": FRACTION,
+    "optim.beta2": FRACTION, "optim.eps": POSITIVE, "optim.weight_decay": NON_NEGATIVE,
+    "optim.grad_clip": NON_NEGATIVE,
+}
+PRETRAINING_RANGES = {
+    "seed": Range(0, 2**31 - 1, integer=True), **OPTIM_RANGES, "optim.warmup_steps": COUNT,
+    "model.dropout": FRACTION, "model.ln_eps": POSITIVE, "model.vocab_size": COUNT,
+    "data.val_fraction": Range(0, 1, low_open=True, high_open=True), "data.max_documents": COUNT,
+    "train.batch_size": POSITIVE_INT, "train.grad_accum_steps": POSITIVE_INT, "train.max_steps": POSITIVE_INT,
+    "train.log_every": POSITIVE_INT, "train.eval_every": COUNT, "train.eval_batch_size": POSITIVE_INT,
+    "train.eval_max_windows": COUNT, "train.checkpoint_every": COUNT, "train.max_to_keep": COUNT,
+    "train.peak_flops": NON_NEGATIVE, "train.restore_step": COUNT,
+    "sample.max_new_tokens": POSITIVE_INT, "sample.temperature": NON_NEGATIVE, "sample.top_k": COUNT,
+    "sample.top_p": Range(0, 1, low_open=True),
+}
+
+
+def check_ranges(config, ranges: Mapping[str, Range]) -> None:
+    """Every numeric field named in `ranges` that the config has, checked once, where the config is read: a value
+    out of range (NaN included) is a one-line error that gives the valid range."""
+    for name, valid in ranges.items():
+        group = config
+        *parents, field = name.split(".")
+        for part in parents:
+            group = group.get(part) if group is not None else None
+        if group is None or field not in group:
+            continue
+        if not valid.contains(group[field]):
+            raise ValueError(f"{name} must be {valid.describe()}, got {group[field]!r}")

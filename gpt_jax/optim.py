@@ -177,7 +177,9 @@ def make_train_step(loss_fn: Callable, tx, mesh, *, grad_accum_steps: int = 1, s
         loss, metrics, grads = summed(state.params, batch, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads)}
+        grad_norm = optax.tree.norm(grads)
+        metrics = {"loss": loss, **metrics, "grad_norm": grad_norm,
+                   "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}  # read by the loop's non-finite guard
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -15,12 +15,13 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from gpt_jax import checkpoint as ckpt_lib
 from gpt_jax import data as data_lib
 from gpt_jax import metrics as metrics_lib
 from gpt_jax import optim
 from gpt_jax import sharding as shard_lib
 from gpt_jax import sources
-from gpt_jax.config import ModelConfig
+from gpt_jax.config import PRETRAINING_RANGES, ModelConfig, check_ranges
 from gpt_jax.loop import Cadence, Run, Task, log, train_loop
 from gpt_jax.losses import lm_loss
 from gpt_jax.model import GPT, count_params, head_weight, init_params
@@ -117,10 +118,33 @@ def model_and_data(config, workdir: str):
     return ModelConfig.from_dict(model_dict), None, tokenizer, train_tokens, val_tokens
 
 
-def _check_same_run(run: Run, model_cfg: ModelConfig) -> None:
-    latest = run.ckpt.latest_step()
-    if latest is not None and run.ckpt.read_meta(latest).get("model") != model_cfg.to_dict():
-        raise ValueError(f"{run.workdir} holds a run with another model config; use a new --workdir or the same "
+def _refuse_another_run(workdir: str, config) -> Optional[dict]:
+    """The meta of the run WORKDIR holds (None when it holds none), after checking that this config continues it;
+    nothing in the folder is touched before."""
+    saved = ckpt_lib.newest_meta(workdir)
+    if saved is None:
+        return None
+    if sources.is_finetuning_run(saved):
+        raise ValueError(f"{workdir} holds a fine-tuning run (finetune.py); pass another --workdir")
+    before, now = saved.get("config", {}), config.to_dict()
+    changed = [f"{group}.{key}" for group in ("model", "data") for key in sorted(set(before.get(group, {}))
+               | set(now[group])) if before.get(group, {}).get(key) != now[group].get(key)]
+    if before.get("train", {}).get("init_from", "") != now["train"].get("init_from", ""):
+        changed.append("train.init_from")
+    if changed:
+        raise ValueError(f"{workdir} holds a run with other settings ({', '.join(changed)} differ); resume it with "
+                         "its own config, or pass a new --workdir")
+    return saved
+
+
+def _refuse_changed_data(workdir: str, saved: Optional[dict], model_cfg: ModelConfig, tokenizer) -> None:
+    if saved is None:
+        return
+    if saved.get("tokenizer") != tokenizer.meta():
+        raise ValueError(f"the data's tokenizer differs from the one the run in {workdir} was trained with (the "
+                         "corpus or its characters changed); resume with the same data, or pass a new --workdir")
+    if saved.get("model") != model_cfg.to_dict():
+        raise ValueError(f"{workdir} holds a run with another model config; use a new --workdir or the same "
                          "config to resume")
 
 
@@ -144,30 +168,32 @@ def _pretraining_task(config, model: GPT, tx, schedule, mesh, train_tokens, val_
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (resuming from WORKDIR's newest checkpoint if there is one); returns the final metrics."""
     t_start, train_cfg = time.time(), config.train
+    check_ranges(config, PRETRAINING_RANGES)
     os.makedirs(workdir, exist_ok=True)
-    model_cfg, pretrained_params, tokenizer, train_tokens, val_tokens = model_and_data(config, workdir)
-    params_or_init = pretrained_params if pretrained_params is not None else partial(init_params, model_cfg)
-    n_all = count_params(jax.eval_shape(partial(init_params, model_cfg, jax.random.PRNGKey(0))))
-    mesh = shard_lib.data_mesh(int(train_cfg.batch_size), int(train_cfg.grad_accum_steps), n_all)
-    tx, schedule = optim.make_optimizer(config.optim, int(train_cfg.max_steps))
-    meta = {"model": model_cfg.to_dict(), "tokenizer": tokenizer.meta(), "config": config.to_dict()}
-
-    run = Run(workdir, meta, max_to_keep=int(train_cfg.max_to_keep), tensorboard=bool(train_cfg.tensorboard))
-    _check_same_run(run, model_cfg)
-    seed = int(config.seed)
-    state = run.resume_or_init(optim.abstract_state(tx, seed, mesh, params_or_init),
-                               partial(optim.init_state, tx, seed, mesh, params_or_init))
-    del pretrained_params, params_or_init  # the state holds its own copy
-    log(f"model: {n_all / 1e6:.2f}M parameters ({model_cfg.norm_position}-LN, {model_cfg.n_layer} layers, "
-        f"d {model_cfg.d_model}, context {model_cfg.block_size}); data: {len(train_tokens):,} train / "
-        f"{len(val_tokens):,} val tokens ({tokenizer.name}); {mesh.devices.size} x {mesh.devices.flat[0].platform} "
-        "device(s)")
-    task = _pretraining_task(config, GPT(model_cfg), tx, schedule, mesh, train_tokens, val_tokens,
-                             count_params(state.params, exclude_positions=True))
-    cadence = Cadence(int(train_cfg.max_steps), int(train_cfg.log_every), int(train_cfg.eval_every),
-                      int(train_cfg.checkpoint_every), bool(train_cfg.progress_bar))
-    state, last_eval = train_loop(run, state, task, cadence, mesh)
-    run.close()
+    with Run(workdir, max_to_keep=int(train_cfg.max_to_keep), tensorboard=bool(train_cfg.tensorboard)) as run:
+        saved = _refuse_another_run(workdir, config)
+        model_cfg, pretrained_params, tokenizer, train_tokens, val_tokens = model_and_data(config, workdir)
+        _refuse_changed_data(workdir, saved, model_cfg, tokenizer)
+        params_or_init = pretrained_params if pretrained_params is not None else partial(init_params, model_cfg)
+        n_all = count_params(jax.eval_shape(partial(init_params, model_cfg, jax.random.PRNGKey(0))))
+        mesh = shard_lib.data_mesh(int(train_cfg.batch_size), int(train_cfg.grad_accum_steps), n_all)
+        tx, schedule = optim.make_optimizer(config.optim, int(train_cfg.max_steps))
+        meta = {"model": model_cfg.to_dict(), "tokenizer": tokenizer.meta(), "config": config.to_dict()}
+        seed = int(config.seed)
+        state = run.resume_or_init(meta, optim.abstract_state(tx, seed, mesh, params_or_init),
+                                   partial(optim.init_state, tx, seed, mesh, params_or_init),
+                                   int(train_cfg.restore_step))
+        del pretrained_params, params_or_init  # the state holds its own copy
+        log(f"model: {n_all / 1e6:.2f}M parameters ({model_cfg.norm_position}-LN, {model_cfg.n_layer} layers, "
+            f"d {model_cfg.d_model}, context {model_cfg.block_size}); data: {len(train_tokens):,} train / "
+            f"{len(val_tokens):,} val tokens ({tokenizer.name}); {mesh.devices.size} x "
+            f"{mesh.devices.flat[0].platform} device(s)")
+        task = _pretraining_task(config, GPT(model_cfg), tx, schedule, mesh, train_tokens, val_tokens,
+                                 count_params(state.params, exclude_positions=True))
+        cadence = Cadence(int(train_cfg.max_steps), int(train_cfg.log_every), int(train_cfg.eval_every),
+                          int(train_cfg.checkpoint_every), bool(train_cfg.progress_bar))
+        state, last_eval = train_loop(run, state, task, cadence, mesh, float(config.optim.learning_rate))
+    run.plot()
     result = {"step": int(jax.device_get(state.step)), "val_loss": last_eval.get("val_loss"),
               "wall_s": time.time() - t_start}
     print(f"final val loss {result['val_loss']:.4f} at step {result['step']} ({result['wall_s']:.0f} s); run in "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -64,11 +66,15 @@ def start(main, cpu_data_parallel: bool = False) -> None:
 
 
 def run_main(main, argv) -> None:
-    logging.set_verbosity(logging.ERROR)  # Orbax logs every save step at INFO, read-only opens at WARNING
+    """Runs `main(argv)`; exits 128 + the signal after Ctrl-C (130) or SIGTERM (143), 2 with one line for errors a
+    user can fix. Orbax's own logging and its background threads' tracebacks are silenced: what failed reaches
+    this function as an exception and is reported once."""
+    logging.set_verbosity(logging.FATAL)
+    threading.excepthook = lambda args: None
     try:
         main(argv)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
     except USER_ERRORS as e:
         if os.environ.get("GPT_JAX_DEBUG"):
             raise

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from gpt_jax.config import default_optim
+from gpt_jax.config import COUNT, FRACTION, NON_NEGATIVE, OPTIM_RANGES, POSITIVE_INT, Range, default_optim
 
 TASKS = ("classification", "entailment", "similarity", "multiple_choice")
 
@@ -70,3 +70,12 @@ def default_config(task: str = "classification"):
     c.train.progress_bar = True  # tqdm bar with the loss
     c.train.tensorboard = True  # also write TensorBoard event files (tensorboardX)
     return c
+
+
+FINETUNE_RANGES = {  # the numbers of a fine-tuning config and their valid ranges (gpt_jax.config.check_ranges)
+    "seed": Range(0, 2**31 - 1, integer=True), "aux_lm_weight": NON_NEGATIVE, **OPTIM_RANGES,
+    "optim.warmup_fraction": Range(0, 1), "data.max_examples": COUNT,
+    "model.dropout": FRACTION, "model.clf_dropout": FRACTION, "model.max_length": COUNT,
+    "train.batch_size": POSITIVE_INT, "train.epochs": POSITIVE_INT, "train.grad_accum_steps": POSITIVE_INT,
+    "train.eval_batch_size": POSITIVE_INT, "train.log_every": POSITIVE_INT, "train.max_to_keep": COUNT,
+}

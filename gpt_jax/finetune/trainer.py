@@ -26,9 +26,9 @@ from gpt_jax import optim
 from gpt_jax import sharding as shard_lib
 from gpt_jax import sources
 from gpt_jax import tokenizer as tok_lib
-from gpt_jax.config import ModelConfig
+from gpt_jax.config import ModelConfig, check_ranges
 from gpt_jax.finetune import formats
-from gpt_jax.finetune.config import check_task
+from gpt_jax.finetune.config import FINETUNE_RANGES, check_task
 from gpt_jax.finetune.data import FinetuneDataError, LabelSpace, read_examples
 from gpt_jax.finetune.model import FinetuneModel, extend_vocab, head_params, normalize, weighted_loss
 from gpt_jax.loop import Cadence, Run, Task, log, train_loop
@@ -135,15 +135,11 @@ def format_scores(s: dict) -> str:
 
 def _check_config(config) -> tuple[str, bool, float]:
     task = check_task(config.task)
+    check_ranges(config, FINETUNE_RANGES)
     regression = bool(config.regression)
     if regression and task != "similarity":
         raise ValueError(f"regression=True is for the similarity task, not {task}")
-    aux = float(config.aux_lm_weight)
-    if aux < 0:
-        raise ValueError(f"aux_lm_weight must be >= 0, got {aux}")
-    if int(config.train.epochs) <= 0 or int(config.train.batch_size) <= 0:
-        raise ValueError("train.epochs and train.batch_size must be positive")
-    return task, regression, aux
+    return task, regression, float(config.aux_lm_weight)
 
 
 def _read_data(config, task: str, regression: bool):
@@ -227,12 +223,24 @@ def _run_meta(config, task, labels, model_cfg, tokenizer, max_length, specials) 
             "config": config.to_dict()}
 
 
-def finetune(config, workdir: str) -> dict:
-    """Fine-tunes (resuming from WORKDIR's newest checkpoint if it has one); returns the final metrics."""
-    t_start, train_cfg, seed = time.time(), config.train, int(config.seed)
+@dataclasses.dataclass
+class _Setup:
+    """What a fine-tuning run derives from its config, data and model source before it trains."""
+    task: str
+    regression: bool
+    aux_lm_weight: float
+    labels: LabelSpace
+    model: FinetuneModel
+    params: object  # fresh {"gpt", "head"} params, or their shapes when resuming
+    meta: dict
+    max_length: int
+    train_enc: formats.Encoded
+    eval_enc: Optional[formats.Encoded]
+
+
+def _setup(config, workdir: str) -> _Setup:
     task, regression, aux = _check_config(config)
     train_ex, eval_ex, labels = _read_data(config, task, regression)
-    os.makedirs(workdir, exist_ok=True)
     saved, model_cfg, tokenizer, gpt_params = _model_source(config, workdir)
     model_cfg = model_cfg.replace(dropout=float(config.model.dropout), dtype=config.model.dtype)
     max_length = _max_length(config, model_cfg)
@@ -243,38 +251,52 @@ def finetune(config, workdir: str) -> dict:
                          "use a new --workdir")
     encode = partial(_encode, config=config, task=task, tokenizer=tokenizer, specials=specials,
                      max_length=max_length, labels=labels)
-    train_enc, eval_enc = encode(train_ex, "train"), (encode(eval_ex, "eval") if eval_ex else None)
-
+    train_enc = encode(train_ex, "train")
     model = FinetuneModel(model_cfg, task, labels.n_outputs, float(config.model.clf_dropout))
-    params = _initial_params(model, seed, gpt_params, train_enc.n_seq)
-    del gpt_params
-    batch_size, eval_batch_size = int(train_cfg.batch_size), int(train_cfg.eval_batch_size)
-    mesh = shard_lib.data_mesh(batch_size, int(train_cfg.grad_accum_steps), count_params(params))
-    shard_lib.check_batch_size(eval_batch_size, mesh, "train.eval_batch_size")
-    steps_per_epoch = formats.steps_per_epoch(len(train_enc), batch_size)
+    return _Setup(task, regression, aux, labels, model, _initial_params(model, int(config.seed), gpt_params,
+                  train_enc.n_seq), meta, max_length, train_enc, encode(eval_ex, "eval") if eval_ex else None)
+
+
+def _task(config, setup: _Setup, tx, schedule, mesh, steps_per_epoch: int) -> Task:
+    batch_size, eval_batch_size = int(config.train.batch_size), int(config.train.eval_batch_size)
+    step = make_train_step(setup.model, tx, mesh, setup.aux_lm_weight, setup.regression, schedule,
+                           int(config.train.grad_accum_steps))
+    evaluate = None
+    if setup.eval_enc is not None:
+        evaluate = _evaluation(setup.model, setup.eval_enc, setup.labels, eval_batch_size, setup.max_length, mesh,
+                               steps_per_epoch)
+    return Task(train_step=step, evaluate=evaluate,
+                batch=partial(formats.train_batch, setup.train_enc, batch_size, setup.max_length, int(config.seed)),
+                log_fields=lambda s: {"epoch": s / steps_per_epoch})
+
+
+def finetune(config, workdir: str) -> dict:
+    """Fine-tunes (resuming from WORKDIR's newest checkpoint if it has one); returns the final metrics."""
+    t_start, train_cfg, seed = time.time(), config.train, int(config.seed)
+    os.makedirs(workdir, exist_ok=True)
+    setup = _setup(config, workdir)
+    batch_size = int(train_cfg.batch_size)
+    mesh = shard_lib.data_mesh(batch_size, int(train_cfg.grad_accum_steps), count_params(setup.params))
+    shard_lib.check_batch_size(int(train_cfg.eval_batch_size), mesh, "train.eval_batch_size")
+    steps_per_epoch = formats.steps_per_epoch(len(setup.train_enc), batch_size)
     total = int(train_cfg.epochs) * steps_per_epoch
     tx, schedule = _optimizer(config, total)
-
-    run = Run(workdir, meta, max_to_keep=int(train_cfg.max_to_keep), tensorboard=bool(train_cfg.tensorboard))
-    state = run.resume_or_init(optim.abstract_state(tx, seed, mesh, params),
-                               partial(optim.init_state, tx, seed, mesh, params))
-    del params
-    what = {"classes": f"labels {labels.names}", "regression": "a score", "choice": "a score per answer"}
-    log(f"fine-tuning {task} ({what[labels.kind]}) from {config.init_from or 'the checkpoint'}: "
-        f"{train_cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}, lr "
-        f"{float(config.optim.learning_rate):g}, aux LM weight {aux:g}; {mesh.devices.size} x "
-        f"{mesh.devices.flat[0].platform}")
-    train_task = Task(
-        train_step=make_train_step(model, tx, mesh, aux, regression, schedule, int(train_cfg.grad_accum_steps)),
-        batch=partial(formats.train_batch, train_enc, batch_size, max_length, seed),
-        evaluate=eval_enc and _evaluation(model, eval_enc, labels, eval_batch_size, max_length, mesh,
-                                          steps_per_epoch),
-        log_fields=lambda step: {"epoch": step / steps_per_epoch})
-    cadence = Cadence(total, int(train_cfg.log_every), steps_per_epoch, steps_per_epoch, bool(train_cfg.progress_bar))
-    state, last_eval = train_loop(run, state, train_task, cadence, mesh)
-    run.close()
-    result = dict(last_eval, step=int(jax.device_get(state.step)), epochs=int(train_cfg.epochs), n_train=len(train_enc),
-                  n_truncated=train_enc.n_truncated, wall_s=time.time() - t_start)
+    with Run(workdir, max_to_keep=int(train_cfg.max_to_keep), tensorboard=bool(train_cfg.tensorboard)) as run:
+        state = run.resume_or_init(setup.meta, optim.abstract_state(tx, seed, mesh, setup.params),
+                                   partial(optim.init_state, tx, seed, mesh, setup.params))
+        setup.params = None  # the state holds its own copy
+        what = {"classes": f"labels {setup.labels.names}", "regression": "a score", "choice": "a score per answer"}
+        log(f"fine-tuning {setup.task} ({what[setup.labels.kind]}) from {config.init_from or 'the checkpoint'}: "
+            f"{train_cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}, lr "
+            f"{float(config.optim.learning_rate):g}, aux LM weight {setup.aux_lm_weight:g}; {mesh.devices.size} x "
+            f"{mesh.devices.flat[0].platform}")
+        cadence = Cadence(total, int(train_cfg.log_every), steps_per_epoch, steps_per_epoch,
+                          bool(train_cfg.progress_bar))
+        state, last_eval = train_loop(run, state, _task(config, setup, tx, schedule, mesh, steps_per_epoch), cadence,
+                                      mesh, float(config.optim.learning_rate))
+    run.plot()
+    result = dict(last_eval, step=int(jax.device_get(state.step)), epochs=int(train_cfg.epochs),
+                  n_train=len(setup.train_enc), n_truncated=setup.train_enc.n_truncated, wall_s=time.time() - t_start)
     print(f"fine-tuned in {result['wall_s']:.0f} s; checkpoint in {run.ckpt.directory}", flush=True)
     return result
 
