@@ -94,13 +94,13 @@ class Checkpointer:
         try:
             return self.manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:
+            earlier = [s for s in self.manager.all_steps() if s < step]
             self.close()  # the error ends the run
-            reason = str(e).splitlines()[0] if str(e) else ""
+            fix = (f"resume from an earlier step with --config.train.restore_step={max(earlier)} (steps here: "
+                   f"{sorted(earlier)})" if earlier else "use a new --workdir")
             raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} cannot be read ({type(e).__name__}: {reason}); it is "
-                "damaged or was written by another model or gpt-jax version: move that step's folder away to use "
-                "an earlier one, or use a new --workdir"
-            ) from e
+                f"checkpoint step {step} in {self.directory} cannot be read ({type(e).__name__}); it is "
+                f"damaged or was written by another model or gpt-jax version: {fix}") from e
 
     def restore_state(self, step: int, abstract):
         """The `TrainState` saved by `save_state` at `step`, restored onto `abstract`'s shapes and shardings (a
