@@ -92,12 +92,27 @@ class Task:
     peak_flops: float = 0.0  # device peak FLOP/s, for MFU (0: not reported)
 
 
+RUN_FILES = ("checkpoints", "config.json", ".lock", "data", "metrics.jsonl")  # what makes a folder a run folder
+
+
+def check_run_folder(workdir: str) -> None:
+    """A run folder must be new, empty or a gpt-jax run: a folder holding other things is someone else's, and
+    nothing is written into it."""
+    if os.path.isdir(workdir) and os.listdir(workdir) and not any(
+            os.path.exists(os.path.join(workdir, name)) for name in RUN_FILES):
+        raise ValueError(f"{workdir} is not a gpt-jax run folder (it holds other files); pass a new or empty "
+                         "--workdir")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"{workdir} is a file, not a folder; pass a new or empty --workdir")
+
+
 class Run:
     """A run folder: `checkpoints/` (Orbax), `metrics.jsonl` (+ TensorBoard), `config.json`, `loss.png`, `.lock`.
 
     A context manager: leaving it waits for the last checkpoint and releases the folder, however the run ends."""
 
     def __init__(self, workdir: str, *, max_to_keep: int = 3, tensorboard: bool = True):
+        check_run_folder(workdir)
         os.makedirs(workdir, exist_ok=True)
         self.workdir, self.meta = workdir, {}
         self.lock = WorkdirLock(workdir)

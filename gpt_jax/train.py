@@ -169,7 +169,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (resuming from WORKDIR's newest checkpoint if there is one); returns the final metrics."""
     t_start, train_cfg = time.time(), config.train
     check_ranges(config, PRETRAINING_RANGES)
-    os.makedirs(workdir, exist_ok=True)
     with Run(workdir, max_to_keep=int(train_cfg.max_to_keep), tensorboard=bool(train_cfg.tensorboard)) as run:
         saved = _refuse_another_run(workdir, config)
         model_cfg, pretrained_params, tokenizer, train_tokens, val_tokens = model_and_data(config, workdir)

@@ -152,3 +152,9 @@ def test_a_damaged_newest_checkpoint_names_restore_step_which_resumes_from_an_ea
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert [r["step"] for r in rows if "val_loss" in r] == [6]
+
+
+def test_a_folder_holding_other_things_is_not_written_into(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    one_line_error(run_cli([*TINY, f"--workdir={tmp_path}"], check=False), "is not a gpt-jax run folder", only=True)
+    assert os.listdir(tmp_path) == ["notes.txt"]

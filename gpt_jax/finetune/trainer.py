@@ -31,7 +31,7 @@ from gpt_jax.finetune import formats
 from gpt_jax.finetune.config import FINETUNE_RANGES, check_task
 from gpt_jax.finetune.data import FinetuneDataError, LabelSpace, read_examples
 from gpt_jax.finetune.model import FinetuneModel, extend_vocab, head_params, normalize, weighted_loss
-from gpt_jax.loop import Cadence, Run, Task, log, train_loop
+from gpt_jax.loop import Cadence, Run, Task, check_run_folder, log, train_loop
 from gpt_jax.model import count_params
 from gpt_jax.utils import atomic_write
 
@@ -273,7 +273,7 @@ def _task(config, setup: _Setup, tx, schedule, mesh, steps_per_epoch: int) -> Ta
 def finetune(config, workdir: str) -> dict:
     """Fine-tunes (resuming from WORKDIR's newest checkpoint if it has one); returns the final metrics."""
     t_start, train_cfg, seed = time.time(), config.train, int(config.seed)
-    os.makedirs(workdir, exist_ok=True)
+    check_run_folder(workdir)
     setup = _setup(config, workdir)
     batch_size = int(train_cfg.batch_size)
     mesh = shard_lib.data_mesh(batch_size, int(train_cfg.grad_accum_steps), count_params(setup.params))
