@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
-from gpt_jax.losses import NEG_INF
+from gpt_jax.utils import NEG_INF
 
 Cache = dict[str, Any]
 
