@@ -17,7 +17,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-NEG_INF = -1e30  # masked logits / scores: large negative, not -inf, so a fully masked row never turns into NaN
+from gpt_jax.utils import NEG_INF
+
 CHUNK_ELEMENTS = 1 << 24  # float32 logits per chunk at most (64 MB): big matmuls, bounded memory
 
 

@@ -4,11 +4,14 @@ Shapes: B batch, T tokens in this call, S cache length, C = d_model, H heads, D 
 
 KV cache (an explicit pytree, passed in and returned; see `init_cache`):
     {"k": [n_layer x (B * H, D, S)], "v": [n_layer x (B * H, S, D)], "pos": int32 ()}
-Batch and heads flattened, keys stored transposed: both attention matmuls read the cache as stored, in the
-layout XLA's batched dot wants (`q (T, D) @ k (D, S)`, `att (T, S) @ v (S, D)`), so a decode step updates each
-cache in place and never copies or transposes it (see CausalSelfAttention).
+Batch and heads flattened, keys stored transposed: each attention product is a plain batched matmul over the
+cache as stored, `q (T, D) @ k (D, S)` and `att (T, S) @ v (S, D)`, with the batch dimension leading and the
+contraction on the inner dimensions. So a call transposes only its own T new keys and values, never the
+S-long cache, and the cache is updated in place (see CausalSelfAttention).
 `pos` is how many positions are already filled; a call with T tokens writes positions [pos, pos + T)
 and returns the cache with pos + T. `pos` is a traced value, so decoding never recompiles per token.
+A call with a cache is decoding: its matmuls go through `gpt_jax.backend.linear` with `decoding=True`, which
+may pick a faster form for the platform the program is compiled for. Training never passes a cache.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt_jax.backend import linear
 from gpt_jax.config import ModelConfig
-from gpt_jax.losses import NEG_INF
+from gpt_jax.utils import NEG_INF
 
 Cache = dict[str, Any]
 
@@ -49,39 +53,22 @@ def init_cache(cfg: ModelConfig, batch_size: int, length: Optional[int] = None, 
     }
 
 
-SMALL_ROWS = 64  # up to this many rows (a few sequences decoding), the weight is the matmul's left operand
-
-
-def matmul_t(x, w):  # x (..., in), w (out, in) -> x @ w.T (..., out)
-    """x @ w.T for a weight stored (out, in) (Dense kernels, the tied token embedding).
-
-    For 2-64 rows on CPU (decoding a few sequences), computed as `w @ x.T`: XLA:CPU then streams the weight
-    through once as the left operand. The barrier stops XLA from rewriting transpose(w @ x.T) back into
-    x @ w.T, which is 1.5x slower at 8 rows (the tied head at batch 8: 12.7-14.2 -> 7.3-8.6 ms).
-    """
-    rows = math.prod(x.shape[:-1])
-    if 1 < rows <= SMALL_ROWS and jax.default_backend() == "cpu":
-        y = jax.lax.optimization_barrier(w @ x.reshape(rows, -1).T)  # (out, rows)
-        return y.T.reshape(*x.shape[:-1], w.shape[0])
-    return jnp.einsum("...i,oi->...o", x, w)
-
-
 class Dense(nn.Module):
     """y = x @ kernel.T + bias, with the kernel stored (out, in), as PyTorch's Linear.
 
-    Decoding multiplies one row, or a few, by every weight at every token; XLA:CPU reads a weight fastest in this
-    layout: GPT-2 124M's layer matmuls took 17.3 ms a token at batch 1 against 19.3 ms with (in, out) kernels,
-    and, computed as kernel @ x.T, 23.3 against 33.7 ms a step at batch 8 (docs/performance.md). Training's large
-    matmuls run at the same speed in either layout. Initialization as nn.Dense: N(0, std) kernel, zero bias."""
+    Decoding multiplies one row, or a few, by every weight at every token; with each output's weights
+    contiguous, a row's product reads the kernel front to back. (The importers transpose HF's Conv1D weights,
+    stored (in, out), once at load time.) `decoding` marks a call with a KV cache (see `gpt_jax.backend.linear`).
+    Initialization as nn.Dense: N(0, std) kernel, zero bias."""
     features: int
     std: float = 0.02
     dtype: Any = jnp.float32
     use_bias: bool = True
 
     @nn.compact
-    def __call__(self, x):  # (..., in) -> (..., out)
+    def __call__(self, x, *, decoding: bool = False):  # (..., in) -> (..., out)
         kernel = self.param("kernel", _init(self.std), (self.features, x.shape[-1])).astype(self.dtype)  # (out, in)
-        y = matmul_t(x.astype(self.dtype), kernel)
+        y = linear(x.astype(self.dtype), kernel, decoding=decoding)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
         return y
@@ -96,8 +83,9 @@ class CausalSelfAttention(nn.Module):
         cfg = self.cfg
         B, T, C = x.shape
         H, D = cfg.n_head, cfg.head_dim
+        decoding = kv is not None
         dense = lambda n, std, name: Dense(n, std, _dtype(cfg), name=name)
-        qkv = dense(3 * C, 0.02, "c_attn")(x)  # (B, T, 3C), one fused matmul
+        qkv = dense(3 * C, 0.02, "c_attn")(x, decoding=decoding)  # (B, T, 3C), one fused matmul
         q, k, v = jnp.split(qkv.reshape(B, T, 3, H, D), 3, axis=2)
         q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # (B, T, H, D)
         q = q * (1.0 / math.sqrt(D))  # scaled here, not the (B, H, T, S) scores: T / D times fewer multiplies
@@ -109,8 +97,8 @@ class CausalSelfAttention(nn.Module):
             new_kv = None
         else:  # with a cache: write this call's keys and values at [pos, pos + T), attend over the whole cache
             # Batch and heads flattened (B * H), keys transposed: the cache enters the attention matmuls as
-            # stored, `q (T, D) @ k (D, S)` and `att (T, S) @ v (S, D)`, so XLA updates it in place. With a 4-d
-            # or (S, D) key cache, XLA:CPU copied every layer's cache (up to 4 times) every decoded token.
+            # stored, `q (T, D) @ k (D, S)` and `att (T, S) @ v (S, D)`; only the T new entries are transposed,
+            # and the update is in place (the module docstring has the layout).
             k_cache, v_cache = kv  # (B * H, D, S), (B * H, S, D)
             S = k_cache.shape[-1]
             k_new = k.transpose(0, 2, 3, 1).reshape(B * H, D, T).astype(k_cache.dtype)
@@ -124,7 +112,7 @@ class CausalSelfAttention(nn.Module):
             y = jnp.einsum("nts,nsd->ntd", att.reshape(B * H, T, S), v_cache.astype(q.dtype))  # (B * H, T, D)
             y = y.reshape(B, H, T, D).transpose(0, 2, 1, 3)  # (B, T, H, D)
         y = y.reshape(B, T, C)
-        y = dense(C, 0.02 / math.sqrt(2 * cfg.n_layer), "c_proj")(y)  # GPT-2's scaled residual init
+        y = dense(C, 0.02 / math.sqrt(2 * cfg.n_layer), "c_proj")(y, decoding=decoding)  # GPT-2's scaled residual init
         y = nn.Dropout(cfg.dropout)(y, deterministic=not train)
         return y, new_kv
 
@@ -139,11 +127,11 @@ class MLP(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, *, train: bool):  # (B, T, C) -> (B, T, C)
+    def __call__(self, x, *, train: bool, decoding: bool = False):  # (B, T, C) -> (B, T, C)
         cfg = self.cfg
-        h = Dense(cfg.d_ff, 0.02, _dtype(cfg), name="c_fc")(x)  # (B, T, F)
+        h = Dense(cfg.d_ff, 0.02, _dtype(cfg), name="c_fc")(x, decoding=decoding)  # (B, T, F)
         h = jax.nn.gelu(h, approximate=cfg.activation == "gelu_tanh")  # tanh GELU, as GPT-1/2
-        h = Dense(cfg.d_model, 0.02 / math.sqrt(2 * cfg.n_layer), _dtype(cfg), name="c_proj")(h)
+        h = Dense(cfg.d_model, 0.02 / math.sqrt(2 * cfg.n_layer), _dtype(cfg), name="c_proj")(h, decoding=decoding)
         return nn.Dropout(cfg.dropout)(h, deterministic=not train)
 
 
@@ -157,14 +145,15 @@ class Block(nn.Module):
         ln_2 = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_2")
         attn = CausalSelfAttention(cfg, name="attn")
         mlp = MLP(cfg, name="mlp")
+        decoding = kv is not None
         if cfg.norm_position == "pre":  # GPT-2: x + f(LN(x))
             a, kv = attn(ln_1(x), train=train, kv=kv, pos=pos)
             x = x + a
-            x = x + mlp(ln_2(x), train=train)
+            x = x + mlp(ln_2(x), train=train, decoding=decoding)
         else:  # GPT-1: LN(x + f(x))
             a, kv = attn(x, train=train, kv=kv, pos=pos)
             x = ln_1(x + a)
-            x = ln_2(x + mlp(x, train=train))
+            x = ln_2(x + mlp(x, train=train, decoding=decoding))
         return x, kv
 
 
@@ -204,18 +193,17 @@ class GPT(nn.Module):
         new_cache = None if cache is None else {"k": new_k, "v": new_v, "pos": pos + T}
         return x, new_cache
 
-    def logits(self, h, *, padded: bool = False):
+    def logits(self, h, *, padded: bool = False, decoding: bool = False):
         """(B, T, C) hidden states -> float32 logits (B, T, vocab_size), or (B, T, padded_vocab) if padded.
 
         Padded columns (extra tokens and rounding) are set to a large negative number, so they are never
-        sampled and carry no probability in the loss.
+        sampled and carry no probability in the loss. `decoding`: the hidden states come from a call with a cache.
         """
         cfg = self.cfg
         if cfg.tie_embeddings:
-            # contract on C of both: `h @ wte.T` became a slow fused copy+dot inside the decode loop on XLA:CPU
-            logits = matmul_t(h, self.wte.astype(h.dtype))  # (B, T, V)
+            logits = linear(h, self.wte.astype(h.dtype), decoding=decoding)  # (B, T, V): h @ wte.T
         else:
-            logits = self.lm_head(h)
+            logits = self.lm_head(h, decoding=decoding)
         logits = logits.astype(jnp.float32)
         if padded:
             return jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits, NEG_INF)
@@ -228,7 +216,7 @@ class GPT(nn.Module):
         return_hidden=True adds the final hidden states (B, T, C) as the last output.
         """
         h, new_cache = self.hidden(ids, train=train, cache=cache)
-        logits = self.logits(h, padded=padded)
+        logits = self.logits(h, padded=padded, decoding=cache is not None)
         out = (logits,) if cache is None else (logits, new_cache)
         if return_hidden:
             out = out + (h,)

@@ -1,10 +1,12 @@
-"""Small helpers every module may use: atomic file writes and integer rounding."""
+"""Small helpers every module may use: atomic file writes, integer rounding, and the masking constant."""
 
 from __future__ import annotations
 
 import json
 import os
 from typing import Callable, IO
+
+NEG_INF = -1e30  # masked logits / scores: large negative, not -inf, so a fully masked row never turns into NaN
 
 
 def atomic_write(path: str, write: Callable[[IO], None], binary: bool = False) -> None:

@@ -57,8 +57,8 @@ def test_causality(norm):
 
 @pytest.mark.parametrize("norm,B", [("pre", 2), ("post", 2), ("pre", 1)])
 def test_cached_decoding_equals_full_forward(norm, B):
-    """B = 1 decodes through the one-row matmuls, B = 2 through the few-rows path (`matmul_t`: w @ x.T) of both the
-    Dense layers and the tied head."""
+    """B = 1 decodes through the one-row matmuls; B = 2, on this CPU host, through the few-rows form of both the
+    Dense layers and the tied head (`gpt_jax.backend.linear`: w @ x.T)."""
     cfg = small(norm)
     params = init_params(cfg, jax.random.PRNGKey(0))
     model = GPT(cfg)
@@ -76,16 +76,17 @@ def test_cached_decoding_equals_full_forward(norm, B):
     assert cache["v"][0].shape == (B * cfg.n_head, cfg.block_size, cfg.head_dim)  # (B * H, S, D)
 
 
-@pytest.mark.parametrize("rows", [1, 8, 100])  # one row, the few-rows path (kernel @ x.T), the plain path
-def test_dense_matches_numpy_with_kernel_out_in(rows):
+@pytest.mark.parametrize("rows,decoding", [(1, True), (8, True), (8, False), (100, True)])  # 8 decoding: kernel @ x.T
+def test_dense_matches_numpy_with_kernel_out_in(rows, decoding):
     dense = Dense(24, std=0.5)
     x = jax.random.normal(jax.random.PRNGKey(0), (rows, 16))
     params = dense.init(jax.random.PRNGKey(1), x)["params"]
     assert params["kernel"].shape == (24, 16)  # (out, in), as PyTorch's Linear
     params = {"kernel": params["kernel"], "bias": jnp.arange(24.0) / 10}
     k, b = np.asarray(params["kernel"], np.float64), np.asarray(params["bias"], np.float64)
-    np.testing.assert_allclose(dense.apply({"params": params}, x), np.asarray(x, np.float64) @ k.T + b, atol=1e-5)
-    g = jax.grad(lambda p, x: jnp.sum(dense.apply({"params": p}, x) ** 2), argnums=(0, 1))(params, x)
+    y = dense.apply({"params": params}, x, decoding=decoding)
+    np.testing.assert_allclose(y, np.asarray(x, np.float64) @ k.T + b, atol=1e-5)
+    g = jax.grad(lambda p, x: jnp.sum(dense.apply({"params": p}, x, decoding=decoding) ** 2), argnums=(0, 1))(params, x)
     y = np.asarray(x, np.float64) @ k.T + b
     np.testing.assert_allclose(g[0]["kernel"], 2 * y.T @ np.asarray(x, np.float64), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(g[1], 2 * y @ k, rtol=1e-4, atol=1e-4)

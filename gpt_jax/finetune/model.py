@@ -12,8 +12,9 @@ import jax.numpy as jnp
 
 from gpt_jax import optim
 from gpt_jax.config import ModelConfig
-from gpt_jax.losses import NEG_INF, cross_entropy, lm_loss
+from gpt_jax.losses import cross_entropy, lm_loss
 from gpt_jax.model import GPT, head_weight
+from gpt_jax.utils import NEG_INF
 
 
 class FinetuneModel(nn.Module):
