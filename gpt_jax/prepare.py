@@ -223,7 +223,7 @@ class ShardWriter:
             for piece, ids in encoded:
                 split, separated = self._route(piece)
                 for part in ((self.eot, ids) if separated and self.eot is not None else (ids,)):
-                    part.tofile(files[split])
+                    files[split].write(part.tobytes())
                     written[split] += len(part)
                 self.state["bytes"] += piece.nbytes
                 self.bar.update(piece.nbytes)
