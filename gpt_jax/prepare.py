@@ -7,9 +7,9 @@ them, both are renamed into place and the manifest records them with the corpus 
 bounded by the tasks in flight, whatever the corpus size.
 
 Resuming: a rerun with the same corpus (paths, sizes, mtimes), tokenizer and split settings continues from
-the manifest's cursor; only the shards that were open at the kill (at most `shard_tokens`, plus the tasks
-in flight) are tokenized again. Anything else (another
-corpus, another tokenizer, a listed shard gone or resized) starts over in an emptied folder.
+the manifest's cursor; only what the open shards held at the kill (under `shard_tokens` plus one piece) and the
+tasks in flight are tokenized again. Anything else (another corpus, another tokenizer, a listed shard gone or
+resized) starts over in an emptied folder.
 
 Documents: GPT-2 BPE ids are `tiktoken.get_encoding("gpt2").encode_ordinary(document)` for every document,
 with one `<|endoftext|>` id between consecutive documents of a split. A text file is one document, or several
@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
@@ -279,17 +280,21 @@ def _encoded_pieces(pieces: Iterable[Piece], tokenizer: tok_lib.Tokenizer, worke
 def _encoded_in_workers(tasks: Iterable[list[Piece]], tokenizer: tok_lib.Tokenizer, workers: int, dtype: np.dtype
                         ) -> Iterator[tuple[Piece, np.ndarray]]:
     """(piece, ids) for the pieces of every task, in order, with at most two tasks per worker in flight."""
-    context = multiprocessing.get_context("spawn")  # not fork: the caller may already run JAX's threads
-    with context.Pool(workers, _start_worker, (tokenizer.meta(), dtype.str)) as pool:
+    # spawn, not fork: the caller may already run JAX's threads; a worker that dies fails the run at once
+    executor = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start_worker,
+                                   (tokenizer.meta(), dtype.str))
+    try:
         in_flight: collections.deque = collections.deque()
         for task in tasks:
-            in_flight.append((task, pool.apply_async(_encode_in_worker, ([piece.text for piece in task],))))
+            in_flight.append((task, executor.submit(_encode_in_worker, [piece.text for piece in task])))
             if len(in_flight) >= 2 * workers:
                 task, result = in_flight.popleft()
-                yield from _unpack(task, result.get())
+                yield from _unpack(task, result.result())
         while in_flight:
             task, result = in_flight.popleft()
-            yield from _unpack(task, result.get())
+            yield from _unpack(task, result.result())
+    finally:
+        executor.shutdown(cancel_futures=True)
 
 
 def _tasks(pieces: Iterable[Piece]) -> Iterator[list[Piece]]:
