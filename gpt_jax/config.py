@@ -104,10 +104,14 @@ def default_config():
     c.model.vocab_size = 0  # 0: taken from the tokenizer (char: the corpus' characters; gpt2: 50257)
 
     c.data = ConfigDict()
-    c.data.dataset = "shakespeare"  # "shakespeare" (embedded), a text file, a folder of *.txt, or hf:NAME[:CONFIG]
+    c.data.dataset = "shakespeare"  # "shakespeare" (embedded), a text / JSONL(.gz) / parquet file or a folder of
+    #                                  them, or hf:NAME[:CONFIG] (gpt_jax/corpus.py)
     c.data.tokenizer = "gpt2"  # "char" or "gpt2" (tiktoken's GPT-2 BPE, built offline)
-    c.data.val_fraction = 0.1  # the last 10% of the tokens are the validation split
-    c.data.max_documents = 0  # hf: datasets only: documents to read (0 = all)
+    c.data.val_fraction = 0.1  # share of the documents for validation (few documents: of the tokens; see prepare.py)
+    c.data.max_documents = 0  # documents to read (0 = all)
+    c.data.text_field = "text"  # JSONL key, parquet column or hf: field that holds each document's text
+    c.data.shard_tokens = 20_000_000  # tokens per train + val shard pair (~40 MB); a kill loses at most this much work
+    c.data.workers = 0  # tokenizer processes (0 = one per CPU core, started after the first 16 MB of text)
 
     c.optim = default_optim()
 

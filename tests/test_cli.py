@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
 def test_train_writes_run_artifacts(runs):
     full = runs["full"]
     assert "final val loss" in runs["first"].stdout.strip().splitlines()[-1]
-    for name in ("metrics.jsonl", "loss.png", "config.json", "data/train.bin", "data/meta.json"):
+    for name in ("metrics.jsonl", "loss.png", "config.json", "data/manifest.json", "data/train_000000.bin"):
         assert os.path.exists(os.path.join(full, name)), name
     assert finished_steps(full) == [40, 50, 60]  # max_to_keep = 3
     rows = read_metrics(os.path.join(full, "metrics.jsonl"))

@@ -22,12 +22,12 @@ import jax.numpy as jnp
 from gpt_jax.model import GPT
 from gpt_jax.pretrained.convert import convert
 from gpt_jax.pretrained.errors import PretrainedError
-from gpt_jax.pretrained.hf_config import model_config, read_hf_config
+from gpt_jax.pretrained.hf_config import CONFIG_FILE, model_config, read_hf_config
 from gpt_jax.pretrained.hub import HUB_MODELS, download, resolve
 from gpt_jax.pretrained.tokenizer_files import load_tokenizer
 from gpt_jax.pretrained.weight_files import find_weight_files, read_safetensors, read_tensors, read_torch_pickle
 
-__all__ = ["HUB_MODELS", "PretrainedError", "convert", "download", "find_weight_files", "load", "load_tokenizer",
+__all__ = ["CONFIG_FILE", "HUB_MODELS", "PretrainedError", "convert", "download", "find_weight_files", "load", "load_tokenizer",
            "model_config", "read_hf_config", "read_safetensors", "read_tensors", "read_torch_pickle", "resolve"]
 
 
