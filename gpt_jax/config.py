@@ -109,6 +109,7 @@ def default_config():
     c.data.tokenizer = "gpt2"  # "char" or "gpt2" (tiktoken's GPT-2 BPE, built offline)
     c.data.val_fraction = 0.1  # share of the documents for validation (few documents: of the tokens; see prepare.py)
     c.data.max_documents = 0  # documents to read (0 = all)
+    c.data.eot_in_text = "separator"  # "<|endoftext|>" in a text file: "separator" (ends a document) | "text"
     c.data.text_field = "text"  # JSONL key, parquet column or hf: field that holds each document's text
     c.data.shard_tokens = 20_000_000  # tokens per train + val shard pair (~40 MB); a kill loses at most this much work
     c.data.workers = 0  # tokenizer processes (0 = one per CPU core, started after the first 16 MB of text)

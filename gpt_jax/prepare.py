@@ -114,8 +114,11 @@ def _usable_manifest(directory: str, key: dict) -> Optional[dict]:
 def _cache_key(data_cfg, corpus: Corpus, val_fraction: float, tokenizer: Optional[tok_lib.Tokenizer]) -> dict:
     """What the tokens depend on; shard size and worker count change where shards end, not the tokens."""
     meta = tokenizer.meta() if tokenizer is not None else {"name": data_cfg.tokenizer}
+    if data_cfg.get("eot_in_text", "separator") not in ("separator", "text"):
+        raise DataError(f"data.eot_in_text must be 'separator' or 'text', got {data_cfg.eot_in_text!r}")
     return {"dataset": data_cfg.dataset, "fingerprint": corpus.fingerprint(), "text_field": data_cfg.text_field,
             "max_documents": int(data_cfg.max_documents), "val_fraction": val_fraction,
+            "eot_in_text": data_cfg.get("eot_in_text", "separator"),
             "tokenizer": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()}
 
 
@@ -153,9 +156,12 @@ def _characters(corpus: Corpus) -> set[str]:
     return chars
 
 
-def _separator(tokenizer: tok_lib.Tokenizer) -> Optional[str]:
-    """The end-of-text token's text, which separates documents inside a text file ("<|endoftext|>")."""
-    return None if tokenizer.eot_id is None else tokenizer.decode([tokenizer.eot_id])
+def _separator(tokenizer: tok_lib.Tokenizer, eot_in_text: str) -> Optional[str]:
+    """The end-of-text token's text ("<|endoftext|>"), which separates documents inside a text file; None when the
+    tokenizer has no such token or `data.eot_in_text="text"` (then it is encoded as the plain characters it is)."""
+    if tokenizer.eot_id is None or eot_in_text == "text":
+        return None
+    return tokenizer.decode([tokenizer.eot_id])
 
 
 def _worker_count(workers: int) -> int:
@@ -174,7 +180,7 @@ def _tokenize(directory: str, manifest: dict, corpus: Corpus, data_cfg) -> None:
     resumed = sum(shards.listed_tokens(manifest, split) for split in shards.SPLITS)
     first_byte = state["bytes"]
     workers = _worker_count(int(data_cfg.workers))
-    pieces = corpus.pieces(state["cursor"], _separator(tokenizer))
+    pieces = corpus.pieces(state["cursor"], _separator(tokenizer, data_cfg.get("eot_in_text", "separator")))
     encoded = _encoded_pieces(pieces, tokenizer, workers, np.dtype(manifest["dtype"]),
                               0 if int(data_cfg.workers) else INLINE_CHARS)
     bar = tqdm(total=corpus.total_bytes(), initial=first_byte, unit="B", unit_scale=True, disable=None,

@@ -341,6 +341,20 @@ def test_few_documents_split_by_tokens(tmp_path):
     assert len(val) == int(len(want) * 0.1)
 
 
+def test_eot_in_a_text_file_separates_documents_or_stays_plain_text(tmp_path):
+    """data.eot_in_text: "separator" (default) ends a document at "<|endoftext|>" (the token 50256 between
+    the two, as tiktoken would encode it with the special allowed); "text" encodes it as the characters it is."""
+    text = "Hello world. " * 50 + EOT + "Goodbye moon. " * 50
+    (tmp_path / "a.txt").write_text(text)
+    encoding = tok_lib.gpt2_encoding()
+    for mode, want in (("separator", encoding.encode(text, allowed_special={EOT})),
+                       ("text", encoding.encode_ordinary(text))):
+        train, val = streams(tmp_path / mode, dataset=str(tmp_path / "a.txt"), eot_in_text=mode)
+        np.testing.assert_array_equal(np.concatenate([train, val]), want)
+    with pytest.raises(ValueError, match="data.eot_in_text must be"):
+        streams(tmp_path / "bad", dataset=str(tmp_path / "a.txt"), eot_in_text="drop")
+
+
 @pytest.mark.parametrize("kind,content,field,match", [
     ("jsonl", '{"body": "x"}\n', "text", "no text field 'text'.*text_field"),
     ("jsonl", '{"text": "x"}\nnot json\n', "text", "not JSON"),
