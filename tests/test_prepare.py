@@ -277,8 +277,7 @@ def test_changed_corpus_or_tokenizer_is_prepared_again_never_mixed(tmp_path, mon
     monkeypatch.setattr(prep.ShardWriter, "write_next", original)
     assert len(shards.read_manifest(str(cache))["shards"]["train"]) == 2
 
-    changed = [d.upper() for d in docs]
-    time.sleep(0.01)  # a new mtime
+    changed = [d.upper() for d in docs] + ["One more document."]  # another size (and mtime)
     write_corpus("jsonl", changed, tmp_path / "corpus")
     train, val = streams(cache, dataset=dataset, shard_tokens=2000)
     manifest = shards.read_manifest(str(cache))
