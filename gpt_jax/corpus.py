@@ -11,10 +11,11 @@ Documents: a JSON line, a parquet row or a dataset row is one document. A text f
 further at each literal end-of-text marker when the caller passes one (GPT-2's "<|endoftext|>", the separator
 of GPT-2's own training dumps).
 
-Pieces: a long document is handed on in pieces of about PIECE_BYTES, cut only just before a newline that
-follows a printable ASCII character. GPT-2's pre-tokenizer always splits there: no token runs from a visible
-character into the newline, and the whitespace run the newline starts is split the same way whether the text
-before it is there or not. So encoding the pieces one by one gives exactly the ids of encoding the whole text.
+Pieces: a long document is handed on in pieces of about PIECE_BYTES, cut only just before an ASCII newline,
+space, tab or carriage return that follows a printable ASCII character. GPT-2's pre-tokenizer always splits
+there: no token runs from a visible character into the whitespace after it, and its pattern (no lookbehind)
+matches from the cut on whatever came before. So encoding the pieces one by one gives exactly the ids of
+encoding the whole text.
 
 Each piece carries a cursor `[file index, position, documents read]` (position: a byte offset for text and
 JSONL files, uncompressed for .gz; a row for parquet and hf:) from which `Corpus.pieces` continues after it,
@@ -34,6 +35,7 @@ from typing import Iterator, Optional
 
 EMBEDDED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tinyshakespeare.txt")
 PIECE_BYTES = 1 << 20  # text handed on at a time (about), so no document is ever tokenized whole
+CUT_BEFORE = ("\n", " ", "\t", "\r")  # the whitespace a piece may be cut before
 PARQUET_BATCH_ROWS = 1024  # rows decoded at a time from a parquet row group
 SUFFIX_FORMATS = ((".jsonl.gz", "jsonl"), (".jsonl", "jsonl"), (".parquet", "parquet"), (".txt", "text"))
 
@@ -127,16 +129,17 @@ class Corpus:
 
 
 def safe_cut(data, lowest: int, highest: int) -> int:
-    """The largest i in [max(lowest, 1), highest) where data[i] is a newline after a printable ASCII character
-    (a str, bytes or bytearray), or 0 when there is none: cutting data[:i] | data[i:] there leaves GPT-2's
-    pre-tokenization, hence its ids, unchanged."""
-    newline = "\n" if isinstance(data, str) else b"\n"
-    i = data.rfind(newline, max(lowest, 1), highest)
-    while i > 0:
-        if 0x21 <= ord(data[i - 1 : i]) <= 0x7E:
-            return i
-        i = data.rfind(newline, max(lowest, 1), i)
-    return 0
+    """The largest i in [max(lowest, 1), highest) where data[i] is an ASCII newline, space, tab or carriage return
+    after a printable ASCII character (data: a str, bytes or bytearray), or 0 when there is none: cutting
+    data[:i] | data[i:] there leaves GPT-2's pre-tokenization, hence its ids, unchanged."""
+    best = 0
+    for space in CUT_BEFORE:
+        space = space if isinstance(data, str) else space.encode()
+        i = data.rfind(space, max(lowest, best + 1, 1), highest)
+        while i > 0 and not 0x21 <= ord(data[i - 1 : i]) <= 0x7E:
+            i = data.rfind(space, max(lowest, best + 1, 1), i)
+        best = max(best, i)
+    return best
 
 
 def document_pieces(text: str, end: int, nbytes: int) -> Iterator[RawPiece]:

@@ -151,10 +151,13 @@ def test_text_file_ids_equal_tiktoken_on_the_whole_file(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus_lib, "PIECE_BYTES", 4096)  # hundreds of pieces
     with open(SHAKESPEARE, encoding="utf-8") as f:
         text = f.read()
-    text = text[:300_000] + EOT + text[300_000:600_000] + "\n\n \n" + EOT + EOT + text[600_000:]
+    crlf = text[300_000:600_000].replace("\n", "\r\n")  # Windows line ends: cut before "\r" or " "
+    text = text[:300_000] + EOT + crlf + "\n\n \n" + EOT + EOT + text[600_000:]
     path = tmp_path / "big.txt"
     path.write_text(text, encoding="utf-8")
-    assert sum(1 for _ in corpus_lib.Corpus(str(path)).pieces(separator=EOT)) > 100
+    pieces = [p.text for p in corpus_lib.Corpus(str(path)).pieces(separator=EOT)]
+    assert len(pieces) > 200 and max(len(p) for p in pieces) <= 2 * 4096  # a block and the rest of the last
+    assert sum(1 for p in pieces if "\r\n" in p) > 50
     train, val = streams(tmp_path / "cache", dataset=str(path), tokenizer="gpt2")
     want = tok_lib.gpt2_encoding().encode(text, allowed_special={EOT})  # the markers are document separators
     np.testing.assert_array_equal(np.concatenate([train, val]), want)
@@ -274,8 +277,7 @@ def test_changed_corpus_or_tokenizer_is_prepared_again_never_mixed(tmp_path, mon
     monkeypatch.setattr(prep.ShardWriter, "write_next", original)
     assert len(shards.read_manifest(str(cache))["shards"]["train"]) == 2
 
-    changed = [d.upper() for d in docs]
-    time.sleep(0.01)  # a new mtime
+    changed = [d.upper() for d in docs] + ["One more document."]  # another size (and mtime)
     write_corpus("jsonl", changed, tmp_path / "corpus")
     train, val = streams(cache, dataset=dataset, shard_tokens=2000)
     manifest = shards.read_manifest(str(cache))
