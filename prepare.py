@@ -27,13 +27,10 @@ def main(argv):
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
     data_dir = os.path.join(FLAGS.workdir or os.path.join("runs", name), "data")
     tokenizer = None
-    if config.train.get("init_from"):  # training will tokenize with the pretrained model's tokenizer
-        from gpt_jax import pretrained  # imports JAX: only runs that start from pretrained weights need it
+    if config.train.get("init_from"):  # training will tokenize with the source model's tokenizer
+        from gpt_jax import sources  # imports JAX: only runs that start from another model need it
 
-        tokenizer = pretrained.load(config.train.init_from, with_tokenizer=True)[2]
-        if tokenizer is None:
-            raise ValueError(f"{config.train.init_from} has no tokenizer files this project can read; "
-                             "put its tokenizer.json in the folder")
+        tokenizer = sources.load(config.train.init_from, what="train.init_from").tokenizer
     train, val, tokenizer = data_lib.prepare(config.data, data_dir, tokenizer)
     print(f"{data_dir}: {len(train):,} train + {len(val):,} val tokens ({tokenizer.name} tokenizer)")
 
