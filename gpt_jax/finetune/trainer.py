@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from functools import partial
 from typing import Optional
@@ -28,7 +29,7 @@ from gpt_jax import sources
 from gpt_jax import tokenizer as tok_lib
 from gpt_jax.config import ModelConfig
 from gpt_jax.finetune import formats
-from gpt_jax.finetune.config import check_task
+from gpt_jax.finetune.config import PAPER_WIDTH, check_task, resolve_recipe
 from gpt_jax.finetune.data import FinetuneDataError, LabelSpace, read_examples
 from gpt_jax.finetune.model import FinetuneModel, extend_vocab, head_params, normalize, weighted_loss
 from gpt_jax.loop import Cadence, Run, Task, log, train_loop
@@ -108,8 +109,16 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> Optional[float]:
     return float((a * b).sum()) / denom if denom > 0 else None  # undefined for a constant prediction
 
 
+def prediction_shares(outputs: np.ndarray, labels: LabelSpace) -> dict:
+    """Share of the examples predicted as each class (multiple choice: each answer position), in id order."""
+    names = labels.names if labels.kind == "classes" else [f"answer {i}" for i in range(outputs.shape[-1])]
+    counts = np.bincount(outputs.argmax(-1), minlength=len(names))
+    return {name: float(c / len(outputs)) for name, c in zip(names, counts)}
+
+
 def scores(outputs: np.ndarray, targets: np.ndarray, labels: LabelSpace) -> dict:
-    """Eval metrics: accuracy, loss and the majority-class accuracy; for regression Pearson, Spearman, MSE."""
+    """Eval metrics: accuracy, loss, the majority-class accuracy and the share of predictions per class
+    ("predicted", a dict); for regression Pearson, Spearman, MSE."""
     if labels.kind == "regression":
         from scipy.stats import rankdata  # imported here: heavy, and only regression tasks use it
 
@@ -120,30 +129,51 @@ def scores(outputs: np.ndarray, targets: np.ndarray, labels: LabelSpace) -> dict
     logp = _log_softmax(outputs.astype(np.float64))
     return {"accuracy": float(np.mean(logp.argmax(-1) == targets)),
             "loss": float(-np.mean(logp[np.arange(len(targets)), targets])),
-            "majority": float(np.bincount(targets).max() / len(targets))}
+            "majority": float(np.bincount(targets).max() / len(targets)),
+            "predicted": prediction_shares(outputs, labels)}
+
+
+def collapse_warning(s: dict, targets: np.ndarray) -> Optional[str]:
+    """A one-line warning when every prediction is the same class (or answer position) while the gold labels are
+    not all one; None otherwise."""
+    shares = s.get("predicted") or {}
+    only = [name for name, share in shares.items() if share == 1.0]
+    if not only or len(np.unique(targets)) < 2:
+        return None
+    return (f"warning: every eval prediction is {only[0]!r} (accuracy {s['accuracy']:.4f} = that class's share): "
+            "the classifier has collapsed; set --config.optim.learning_rate=0 (the width rule) or higher, and "
+            "--config.aux_lm_weight=0")
 
 
 def format_scores(s: dict) -> str:
     if "accuracy" in s:
-        return f"accuracy {s['accuracy']:.4f} (majority class {s['majority']:.4f}), loss {s['loss']:.4f}"
+        predicted = " / ".join(f"{name} {100 * share:.0f}%" for name, share in s.get("predicted", {}).items())
+        return (f"accuracy {s['accuracy']:.4f} (majority class {s['majority']:.4f}), loss {s['loss']:.4f}"
+                + (f"; predicted {predicted}" if predicted else ""))
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
     return f"pearson {fmt(s['pearson'])}, spearman {fmt(s['spearman'])}, mse {s['mse']:.4f}"
+
+
+def flat_scalars(s: dict, prefix: str = "eval_") -> dict:
+    """`scores` as scalars for the metrics log: "predicted" becomes {prefix}predicted_<class> per class."""
+    out = {f"{prefix}{k}": v for k, v in s.items() if k != "predicted"}
+    for name, share in s.get("predicted", {}).items():
+        out[f"{prefix}predicted_{re.sub(r'[^A-Za-z0-9_]+', '_', name)}"] = share
+    return out
 
 
 # ----------------------------------------------------------------------------------------- the run
 
 
-def _check_config(config) -> tuple[str, bool, float]:
+def _check_config(config) -> tuple[str, bool]:
     task = check_task(config.task)
     regression = bool(config.regression)
     if regression and task != "similarity":
         raise ValueError(f"regression=True is for the similarity task, not {task}")
-    aux = float(config.aux_lm_weight)
-    if aux < 0:
-        raise ValueError(f"aux_lm_weight must be >= 0, got {aux}")
+    resolve_recipe(config.optim.learning_rate, config.aux_lm_weight, PAPER_WIDTH)  # bad values fail before loading
     if int(config.train.epochs) <= 0 or int(config.train.batch_size) <= 0:
         raise ValueError("train.epochs and train.batch_size must be positive")
-    return task, regression, aux
+    return task, regression
 
 
 def _read_data(config, task: str, regression: bool):
@@ -188,10 +218,12 @@ def _encode(examples, what: str, config, task, tokenizer, specials, max_length, 
     return enc
 
 
-def _optimizer(config, total_steps: int):
-    """The paper's schedule: warmup over optim.warmup_fraction of the steps, then the configured decay."""
+def _optimizer(config, total_steps: int, learning_rate: float):
+    """The paper's schedule: warmup over optim.warmup_fraction of the steps, then the configured decay, peaking at
+    the resolved `learning_rate`."""
     optim_cfg = config.optim.copy_and_resolve_references()
     with optim_cfg.unlocked():
+        optim_cfg.learning_rate = learning_rate
         optim_cfg.warmup_steps = int(math.ceil(float(config.optim.warmup_fraction) * total_steps))
     return optim.make_optimizer(optim_cfg, total_steps)
 
@@ -209,13 +241,15 @@ def _initial_params(model: FinetuneModel, seed: int, gpt_params, n_seq: int):
 
 
 def _evaluation(model, enc, labels, batch_size: int, max_length: int, mesh, steps_per_epoch: int):
-    """The loop's evaluation hook: task metrics on the eval file."""
+    """The loop's evaluation hook: task metrics and the prediction distribution on the eval file, and a warning
+    line when the predictions have collapsed to one class."""
     predict_step = make_predict_step(model, mesh)
 
     def evaluate(params, step: int):
         s = scores(predict_outputs(predict_step, params, enc, batch_size, max_length, mesh), enc.targets, labels)
         line = f"epoch {step / steps_per_epoch:g} (step {step}): eval {format_scores(s)}"
-        return {f"eval_{k}": v for k, v in s.items()}, line
+        warning = collapse_warning(s, enc.targets)
+        return flat_scalars(s), (line + "\n" + warning if warning else line)
 
     return evaluate
 
@@ -230,12 +264,13 @@ def _run_meta(config, task, labels, model_cfg, tokenizer, max_length, specials) 
 def finetune(config, workdir: str) -> dict:
     """Fine-tunes (resuming from WORKDIR's newest checkpoint if it has one); returns the final metrics."""
     t_start, train_cfg, seed = time.time(), config.train, int(config.seed)
-    task, regression, aux = _check_config(config)
+    task, regression = _check_config(config)
     train_ex, eval_ex, labels = _read_data(config, task, regression)
     os.makedirs(workdir, exist_ok=True)
     saved, model_cfg, tokenizer, gpt_params = _model_source(config, workdir)
     model_cfg = model_cfg.replace(dropout=float(config.model.dropout), dtype=config.model.dtype)
     max_length = _max_length(config, model_cfg)
+    lr, aux, recipe = resolve_recipe(config.optim.learning_rate, config.aux_lm_weight, model_cfg.d_model)
     specials = formats.Specials.after(model_cfg.vocab_size)
     meta = _run_meta(config, task, labels, model_cfg, tokenizer, max_length, specials)
     if saved is not None and (saved["finetune"] != meta["finetune"] or saved["model"] != meta["model"]):
@@ -253,7 +288,7 @@ def finetune(config, workdir: str) -> dict:
     shard_lib.check_batch_size(eval_batch_size, mesh, "train.eval_batch_size")
     steps_per_epoch = formats.steps_per_epoch(len(train_enc), batch_size)
     total = int(train_cfg.epochs) * steps_per_epoch
-    tx, schedule = _optimizer(config, total)
+    tx, schedule = _optimizer(config, total, lr)
 
     run = Run(workdir, meta, max_to_keep=int(train_cfg.max_to_keep), tensorboard=bool(train_cfg.tensorboard))
     state = run.resume_or_init(optim.abstract_state(tx, seed, mesh, params),
@@ -262,7 +297,7 @@ def finetune(config, workdir: str) -> dict:
     what = {"classes": f"labels {labels.names}", "regression": "a score", "choice": "a score per answer"}
     log(f"fine-tuning {task} ({what[labels.kind]}) from {config.init_from or 'the checkpoint'}: "
         f"{train_cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}, lr "
-        f"{float(config.optim.learning_rate):g}, aux LM weight {aux:g}; {mesh.devices.size} x "
+        f"{lr:.3g}, aux LM weight {aux:g} ({recipe}); {mesh.devices.size} x "
         f"{mesh.devices.flat[0].platform}")
     train_task = Task(
         train_step=make_train_step(model, tx, mesh, aux, regression, schedule, int(train_cfg.grad_accum_steps)),
@@ -273,7 +308,8 @@ def finetune(config, workdir: str) -> dict:
     cadence = Cadence(total, int(train_cfg.log_every), steps_per_epoch, steps_per_epoch, bool(train_cfg.progress_bar))
     state, last_eval = train_loop(run, state, train_task, cadence, mesh)
     run.close()
-    result = dict(last_eval, step=int(jax.device_get(state.step)), epochs=int(train_cfg.epochs), n_train=len(train_enc),
+    result = dict(last_eval, learning_rate=lr, aux_lm_weight=aux, step=int(jax.device_get(state.step)),
+                  epochs=int(train_cfg.epochs), n_train=len(train_enc),
                   n_truncated=train_enc.n_truncated, wall_s=time.time() - t_start)
     print(f"fine-tuned in {result['wall_s']:.0f} s; checkpoint in {run.ckpt.directory}", flush=True)
     return result
