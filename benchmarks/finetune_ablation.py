@@ -159,13 +159,12 @@ def random_init(workdir: str, pretrained: str, seed: int) -> str:
     return workdir
 
 
-def finetune_task(task: str, files: tuple, init_from: str, seed: int, workdir: str, args,
-                  learning_rate: float = 0.0) -> dict:
-    """One fine-tuning run with the default recipe (learning_rate 0: the width rule); returns the eval accuracy
-    after each epoch and the majority."""
+def finetune_task(task: str, files: tuple, init_from: str, seed: int, workdir: str, args) -> dict:
+    """One fine-tuning run with the default recipe (the width rule); returns the eval accuracy after each epoch
+    and the majority."""
     kind = {"agnews": "classification", "rte": "entailment", "next_line": "multiple_choice"}[task]
     c = finetune_config(kind)
-    c.init_from, c.seed, c.optim.learning_rate = init_from, seed, learning_rate
+    c.init_from, c.seed = init_from, seed
     c.data.update(train_file=files[0], eval_file=files[1])
     c.model.max_length = args.max_length
     c.train.update(epochs=args.epochs, eval_batch_size=64, progress_bar=False, tensorboard=False, max_to_keep=1)
