@@ -141,7 +141,7 @@ def collapse_warning(s: dict, targets: np.ndarray) -> Optional[str]:
     if not only or len(np.unique(targets)) < 2:
         return None
     return (f"warning: every eval prediction is {only[0]!r} (accuracy {s['accuracy']:.4f} = that class's share): "
-            "the classifier has collapsed; set --config.optim.learning_rate=0 (the width rule) or higher, and "
+            "the classifier has collapsed; raise --config.optim.learning_rate (0 = the width rule) and set "
             "--config.aux_lm_weight=0")
 
 
