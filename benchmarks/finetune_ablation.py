@@ -176,10 +176,11 @@ def finetune_task(task: str, files: tuple, init_from: str, seed: int, workdir: s
 
 
 def spread(values: list[float]) -> str:
-    """'mean ± sample std (min-max)' in percent."""
+    """'mean ± sample std (min-max)' in percent; one value alone has no spread."""
     pct = [100 * v for v in values]
-    std = statistics.stdev(pct) if len(pct) > 1 else 0.0
-    return f"{statistics.mean(pct):.1f} ± {std:.1f} ({min(pct):.1f}-{max(pct):.1f})"
+    if len(pct) == 1:
+        return f"{pct[0]:.1f}"
+    return f"{statistics.mean(pct):.1f} ± {statistics.stdev(pct):.1f} ({min(pct):.1f} to {max(pct):.1f})"
 
 
 def table(results: dict, seeds: list[int]) -> str:
