@@ -18,8 +18,8 @@ def get_config():
     c.data.eval_file = ""  # labelled examples scored after every epoch ("" = none)
     c.data.columns.text = "text"  # JSON key / TSV column of the text
     c.data.columns.label = "label"  # JSON key / TSV column of the label (any strings; ids in sorted order)
-    c.aux_lm_weight = 0.5  # the paper's lambda
-    c.optim.learning_rate = 6.25e-5  # the paper's fine-tuning learning rate
+    c.aux_lm_weight = -1.0  # -1: the width rule (the paper's 0.5 at d_model >= 768, off below); paper: 0.5
+    c.optim.learning_rate = 0.0  # 0: the width rule (6.25e-5 x 768 / d_model); the paper's recipe: 6.25e-5
     c.train.batch_size = 32  # the paper's batch size
     c.train.epochs = 3  # the paper's 3 epochs
     return c

@@ -20,8 +20,8 @@ def get_config():
     c.data.columns.context = "context"  # JSON key / TSV column of the context (story, passage + question)
     c.data.columns.choices = "choices"  # JSON key of the answer list, or comma-separated TSV answer columns
     c.data.columns.label = "label"  # index of the right answer
-    c.aux_lm_weight = 0.5  # the paper's lambda
-    c.optim.learning_rate = 6.25e-5  # the paper's fine-tuning recipe
+    c.aux_lm_weight = -1.0  # -1: the width rule (the paper's 0.5 at d_model >= 768, off below); paper: 0.5
+    c.optim.learning_rate = 0.0  # 0: the width rule (6.25e-5 x 768 / d_model); the paper's recipe: 6.25e-5
     c.train.batch_size = 32  # examples per step, each with all its answers
     c.train.epochs = 3
     return c

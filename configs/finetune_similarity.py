@@ -21,8 +21,8 @@ def get_config():
     c.data.columns.text_a = "text_a"  # JSON key / TSV column of the first text
     c.data.columns.text_b = "text_b"  # ... of the second text (the order does not matter to the model)
     c.data.columns.label = "label"  # the score (or class)
-    c.aux_lm_weight = 0.5  # the paper's lambda
-    c.optim.learning_rate = 6.25e-5  # the paper's fine-tuning recipe
+    c.aux_lm_weight = -1.0  # -1: the width rule (the paper's 0.5 at d_model >= 768, off below); paper: 0.5
+    c.optim.learning_rate = 0.0  # 0: the width rule (6.25e-5 x 768 / d_model); the paper's recipe: 6.25e-5
     c.train.batch_size = 32
     c.train.epochs = 3
     return c

@@ -20,7 +20,7 @@ from gpt_jax.finetune import data as fdata
 from gpt_jax.finetune import formats
 from gpt_jax.finetune import model as fmodel
 from gpt_jax.finetune import trainer
-from gpt_jax.finetune.config import TASKS, default_config
+from gpt_jax.finetune.config import TASKS, default_config, resolve_recipe, width_aux_lm_weight, width_learning_rate
 from gpt_jax.model import GPT
 from gpt_jax.model import init_params as _init_params
 
@@ -283,6 +283,55 @@ def test_extend_vocab_appends_learned_rows_and_grows_the_padded_table():
         jax.eval_shape(lambda: _init_params(cfg, jax.random.PRNGKey(0))))
 
 
+# ----------------------------------------------------------------------------------------- recipe and collapse
+
+
+def test_width_rule_learning_rate_and_aux_weight_at_three_widths():
+    assert width_learning_rate(768) == pytest.approx(6.25e-5)  # GPT-1: the paper's value
+    assert width_learning_rate(128) == pytest.approx(3.75e-4)  # the shakespeare config
+    assert width_learning_rate(1600) == pytest.approx(3.0e-5)  # GPT-2 XL
+    assert [width_aux_lm_weight(d) for d in (128, 768, 1600)] == [0.0, 0.5, 0.5]
+    assert resolve_recipe(0.0, -1.0, 128)[:2] == pytest.approx((3.75e-4, 0.0))
+    assert resolve_recipe(6.25e-5, 0.5, 128) == (6.25e-5, 0.5, "as configured")  # the paper's recipe, one flag away
+    lr, aux, source = resolve_recipe(0.0, 0.5, 64)
+    assert (lr, aux) == pytest.approx((7.5e-4, 0.5)) and "width rule" in source and "aux" not in source
+    for bad_lr, bad_aux, match in ((-1e-3, 0.5, "learning_rate"), (1e-3, -0.5, "aux_lm_weight")):
+        with pytest.raises(ValueError, match=match):
+            resolve_recipe(bad_lr, bad_aux, 128)
+
+
+def test_scores_report_the_prediction_distribution_and_warn_on_collapse():
+    labels = fdata.LabelSpace("classes", ["neg", "pos"], ["neg", "pos"])
+    targets = np.array([0, 1, 1, 1, 0])
+    collapsed = np.tile([[0.0, 1.0]], (5, 1))  # every example predicted "pos", the majority class
+    s = trainer.scores(collapsed, targets, labels)
+    assert s["predicted"] == {"neg": 0.0, "pos": 1.0} and s["accuracy"] == s["majority"] == 0.6
+    warning = trainer.collapse_warning(s, targets)
+    assert warning.startswith("warning: every eval prediction is 'pos'") and "learning_rate" in warning
+    assert "\n" not in warning
+    assert "predicted neg 0% / pos 100%" in trainer.format_scores(s)
+    assert trainer.flat_scalars(s)["eval_predicted_pos"] == 1.0 and "eval_predicted" not in trainer.flat_scalars(s)
+
+    mixed = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    s = trainer.scores(mixed, targets, labels)
+    assert s["predicted"] == {"neg": 0.6, "pos": pytest.approx(0.4)} and trainer.collapse_warning(s, targets) is None
+    one_gold_class = np.zeros(5, np.int64)  # all gold labels one class: one predicted class is no collapse
+    assert trainer.collapse_warning(trainer.scores(collapsed, one_gold_class, labels), one_gold_class) is None
+
+
+def test_a_collapsed_run_warns_in_its_epoch_line(tmp_path, char_run, capsys):
+    """Every text the same and the labels 3:1: the classifier can only predict one class for all of them, and
+    each epoch's line says so (the collapse a too-low learning rate or a heavy LM term leads to on real data)."""
+    rows = [{"text": "the king", "label": "royal" if i % 4 else "other"} for i in range(24)]
+    path = tmp_path / "skewed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = trainer.finetune(_tiny_config("classification", char_run, str(path)), str(tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert sorted([result["eval_predicted_other"], result["eval_predicted_royal"]]) == [0.0, 1.0]
+    assert out.count("warning: every eval prediction is") == 2  # one per epoch
+    assert "epoch 2 (step 6): eval accuracy" in out and "; predicted other " in out
+
+
 # ----------------------------------------------------------------------------------------- end to end
 
 
@@ -336,6 +385,7 @@ def _tiny_config(task, init_from, train_file):
     if task == "similarity":
         c.regression = True
     c.model.max_length = 16  # one padded shape: one compile
+    c.aux_lm_weight = 0.5  # on, though the width rule turns it off at d 32: its plumbing is under test
     c.optim.learning_rate = 1e-3
     c.train.batch_size = 8
     c.train.eval_batch_size = 16
@@ -357,6 +407,9 @@ def test_each_task_end_to_end(tmp_path, char_run, task):
     assert [(r["step"], r["epoch"]) for r in evals] == [(3, 1.0), (6, 2.0)]
     key = "eval_pearson" if task == "similarity" else "eval_accuracy"
     assert key in evals[-1] and key in result
+    if task == "multiple_choice":  # the share of predictions per answer position, in every eval row
+        shares = [evals[-1][f"eval_predicted_answer_{i}"] for i in range(4)]
+        assert sum(shares) == pytest.approx(1.0) and min(shares) >= 0
     train_rows = [r for r in rows if "train_loss" in r]
     assert len(train_rows) == 6 and all(np.isfinite(r["lm_loss"]) for r in train_rows)
 
@@ -396,6 +449,7 @@ def test_cli_classification_train_and_predict(tmp_path, char_run):
              f"--predict_file={train_file}")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "epoch 1 (step 3): eval accuracy" in r.stdout and "wrote 24 predictions" in r.stdout
+    assert "; predicted other " in r.stdout and "lr 0.0015, aux LM weight 0 (width rule" in r.stderr
     preds = [json.loads(line) for line in open(os.path.join(workdir, "predictions.jsonl"))]
     assert len(preds) == 24 and set(preds[0]["probs"]) == {"other", "royal"}
     assert {json.loads(line)["epoch"] for line in open(os.path.join(workdir, "metrics.jsonl"))} == {1.0}
@@ -418,7 +472,8 @@ def test_configs_build_and_rte_data_resolves_from_the_config_file():
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         c = mod.get_config()
-        assert c.task in TASKS and c.optim.learning_rate == 6.25e-5 and c.train.batch_size == 32
+        assert c.task in TASKS and c.train.batch_size == 32
+        assert c.optim.learning_rate == 0 and c.aux_lm_weight == -1  # the width rule
         if name == "rte":
             assert os.path.isabs(c.data.train_file)
             if os.path.isdir(os.path.join(ROOT, "..", "shared")):

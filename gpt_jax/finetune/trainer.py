@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from functools import partial
 from typing import Optional
@@ -28,7 +29,7 @@ from gpt_jax import sources
 from gpt_jax import tokenizer as tok_lib
 from gpt_jax.config import ModelConfig, check_ranges
 from gpt_jax.finetune import formats
-from gpt_jax.finetune.config import FINETUNE_RANGES, check_task
+from gpt_jax.finetune.config import FINETUNE_RANGES, PAPER_WIDTH, check_task, resolve_recipe
 from gpt_jax.finetune.data import FinetuneDataError, LabelSpace, read_examples
 from gpt_jax.finetune.model import FinetuneModel, extend_vocab, head_params, normalize, weighted_loss
 from gpt_jax.loop import Cadence, Run, Task, check_run_folder, log, train_loop
@@ -108,8 +109,16 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> Optional[float]:
     return float((a * b).sum()) / denom if denom > 0 else None  # undefined for a constant prediction
 
 
+def prediction_shares(outputs: np.ndarray, labels: LabelSpace) -> dict:
+    """Share of the examples predicted as each class (multiple choice: each answer position), in id order."""
+    names = labels.names if labels.kind == "classes" else [f"answer {i}" for i in range(outputs.shape[-1])]
+    counts = np.bincount(outputs.argmax(-1), minlength=len(names))
+    return {name: float(c / len(outputs)) for name, c in zip(names, counts)}
+
+
 def scores(outputs: np.ndarray, targets: np.ndarray, labels: LabelSpace) -> dict:
-    """Eval metrics: accuracy, loss and the majority-class accuracy; for regression Pearson, Spearman, MSE."""
+    """Eval metrics: accuracy, loss, the majority-class accuracy and the share of predictions per class
+    ("predicted", a dict); for regression Pearson, Spearman, MSE."""
     if labels.kind == "regression":
         from scipy.stats import rankdata  # imported here: heavy, and only regression tasks use it
 
@@ -120,26 +129,50 @@ def scores(outputs: np.ndarray, targets: np.ndarray, labels: LabelSpace) -> dict
     logp = _log_softmax(outputs.astype(np.float64))
     return {"accuracy": float(np.mean(logp.argmax(-1) == targets)),
             "loss": float(-np.mean(logp[np.arange(len(targets)), targets])),
-            "majority": float(np.bincount(targets).max() / len(targets))}
+            "majority": float(np.bincount(targets).max() / len(targets)),
+            "predicted": prediction_shares(outputs, labels)}
+
+
+def collapse_warning(s: dict, targets: np.ndarray) -> Optional[str]:
+    """A one-line warning when every prediction is the same class (or answer position) while the gold labels are
+    not all one; None otherwise."""
+    shares = s.get("predicted") or {}
+    only = [name for name, share in shares.items() if share == 1.0]
+    if not only or len(np.unique(targets)) < 2:
+        return None
+    return (f"warning: every eval prediction is {only[0]!r} (accuracy {s['accuracy']:.4f} = that class's share): "
+            "the classifier has collapsed; raise --config.optim.learning_rate (0 = the width rule) and set "
+            "--config.aux_lm_weight=0")
 
 
 def format_scores(s: dict) -> str:
     if "accuracy" in s:
-        return f"accuracy {s['accuracy']:.4f} (majority class {s['majority']:.4f}), loss {s['loss']:.4f}"
+        predicted = " / ".join(f"{name} {100 * share:.0f}%" for name, share in s.get("predicted", {}).items())
+        return (f"accuracy {s['accuracy']:.4f} (majority class {s['majority']:.4f}), loss {s['loss']:.4f}"
+                + (f"; predicted {predicted}" if predicted else ""))
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
     return f"pearson {fmt(s['pearson'])}, spearman {fmt(s['spearman'])}, mse {s['mse']:.4f}"
+
+
+def flat_scalars(s: dict, prefix: str = "eval_") -> dict:
+    """`scores` as scalars for the metrics log: "predicted" becomes {prefix}predicted_<class> per class."""
+    out = {f"{prefix}{k}": v for k, v in s.items() if k != "predicted"}
+    for name, share in s.get("predicted", {}).items():
+        out[f"{prefix}predicted_{re.sub(r'[^A-Za-z0-9_]+', '_', name)}"] = share
+    return out
 
 
 # ----------------------------------------------------------------------------------------- the run
 
 
-def _check_config(config) -> tuple[str, bool, float]:
+def _check_config(config) -> tuple[str, bool]:
     task = check_task(config.task)
     check_ranges(config, FINETUNE_RANGES)
     regression = bool(config.regression)
     if regression and task != "similarity":
         raise ValueError(f"regression=True is for the similarity task, not {task}")
-    return task, regression, float(config.aux_lm_weight)
+    resolve_recipe(config.optim.learning_rate, config.aux_lm_weight, PAPER_WIDTH)  # bad values fail before loading
+    return task, regression
 
 
 def _read_data(config, task: str, regression: bool):
@@ -184,10 +217,12 @@ def _encode(examples, what: str, config, task, tokenizer, specials, max_length, 
     return enc
 
 
-def _optimizer(config, total_steps: int):
-    """The paper's schedule: warmup over optim.warmup_fraction of the steps, then the configured decay."""
+def _optimizer(config, total_steps: int, learning_rate: float):
+    """The paper's schedule: warmup over optim.warmup_fraction of the steps, then the configured decay, peaking at
+    the resolved `learning_rate`."""
     optim_cfg = config.optim.copy_and_resolve_references()
     with optim_cfg.unlocked():
+        optim_cfg.learning_rate = learning_rate
         optim_cfg.warmup_steps = int(math.ceil(float(config.optim.warmup_fraction) * total_steps))
     return optim.make_optimizer(optim_cfg, total_steps)
 
@@ -205,13 +240,15 @@ def _initial_params(model: FinetuneModel, seed: int, gpt_params, n_seq: int):
 
 
 def _evaluation(model, enc, labels, batch_size: int, max_length: int, mesh, steps_per_epoch: int):
-    """The loop's evaluation hook: task metrics on the eval file."""
+    """The loop's evaluation hook: task metrics and the prediction distribution on the eval file, and a warning
+    line when the predictions have collapsed to one class."""
     predict_step = make_predict_step(model, mesh)
 
     def evaluate(params, step: int):
         s = scores(predict_outputs(predict_step, params, enc, batch_size, max_length, mesh), enc.targets, labels)
         line = f"epoch {step / steps_per_epoch:g} (step {step}): eval {format_scores(s)}"
-        return {f"eval_{k}": v for k, v in s.items()}, line
+        warning = collapse_warning(s, enc.targets)
+        return flat_scalars(s), (line + "\n" + warning if warning else line)
 
     return evaluate
 
@@ -228,7 +265,9 @@ class _Setup:
     """What a fine-tuning run derives from its config, data and model source before it trains."""
     task: str
     regression: bool
+    learning_rate: float
     aux_lm_weight: float
+    recipe: str  # where the learning rate and aux LM weight came from (the config, or the width rule)
     labels: LabelSpace
     model: FinetuneModel
     params: object  # fresh {"gpt", "head"} params, or their shapes when resuming
@@ -239,11 +278,12 @@ class _Setup:
 
 
 def _setup(config, workdir: str) -> _Setup:
-    task, regression, aux = _check_config(config)
+    task, regression = _check_config(config)
     train_ex, eval_ex, labels = _read_data(config, task, regression)
     saved, model_cfg, tokenizer, gpt_params = _model_source(config, workdir)
     model_cfg = model_cfg.replace(dropout=float(config.model.dropout), dtype=config.model.dtype)
     max_length = _max_length(config, model_cfg)
+    lr, aux, recipe = resolve_recipe(config.optim.learning_rate, config.aux_lm_weight, model_cfg.d_model)
     specials = formats.Specials.after(model_cfg.vocab_size)
     meta = _run_meta(config, task, labels, model_cfg, tokenizer, max_length, specials)
     if saved is not None and (saved["finetune"] != meta["finetune"] or saved["model"] != meta["model"]):
@@ -253,8 +293,9 @@ def _setup(config, workdir: str) -> _Setup:
                      max_length=max_length, labels=labels)
     train_enc = encode(train_ex, "train")
     model = FinetuneModel(model_cfg, task, labels.n_outputs, float(config.model.clf_dropout))
-    return _Setup(task, regression, aux, labels, model, _initial_params(model, int(config.seed), gpt_params,
-                  train_enc.n_seq), meta, max_length, train_enc, encode(eval_ex, "eval") if eval_ex else None)
+    params = _initial_params(model, int(config.seed), gpt_params, train_enc.n_seq)
+    return _Setup(task, regression, lr, aux, recipe, labels, model, params, meta, max_length, train_enc,
+                  encode(eval_ex, "eval") if eval_ex else None)
 
 
 def _task(config, setup: _Setup, tx, schedule, mesh, steps_per_epoch: int) -> Task:
@@ -280,23 +321,24 @@ def finetune(config, workdir: str) -> dict:
     shard_lib.check_batch_size(int(train_cfg.eval_batch_size), mesh, "train.eval_batch_size")
     steps_per_epoch = formats.steps_per_epoch(len(setup.train_enc), batch_size)
     total = int(train_cfg.epochs) * steps_per_epoch
-    tx, schedule = _optimizer(config, total)
+    tx, schedule = _optimizer(config, total, setup.learning_rate)
     with Run(workdir, max_to_keep=int(train_cfg.max_to_keep), tensorboard=bool(train_cfg.tensorboard)) as run:
         state = run.resume_or_init(setup.meta, optim.abstract_state(tx, seed, mesh, setup.params),
                                    partial(optim.init_state, tx, seed, mesh, setup.params))
         setup.params = None  # the state holds its own copy
         what = {"classes": f"labels {setup.labels.names}", "regression": "a score", "choice": "a score per answer"}
         log(f"fine-tuning {setup.task} ({what[setup.labels.kind]}) from {config.init_from or 'the checkpoint'}: "
-            f"{train_cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}, lr "
-            f"{float(config.optim.learning_rate):g}, aux LM weight {setup.aux_lm_weight:g}; {mesh.devices.size} x "
+            f"{train_cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}, lr {setup.learning_rate:.3g}, "
+            f"aux LM weight {setup.aux_lm_weight:g} ({setup.recipe}); {mesh.devices.size} x "
             f"{mesh.devices.flat[0].platform}")
         cadence = Cadence(total, int(train_cfg.log_every), steps_per_epoch, steps_per_epoch,
                           bool(train_cfg.progress_bar))
         state, last_eval = train_loop(run, state, _task(config, setup, tx, schedule, mesh, steps_per_epoch), cadence,
-                                      mesh, float(config.optim.learning_rate))
+                                      mesh, setup.learning_rate)
     run.plot()
-    result = dict(last_eval, step=int(jax.device_get(state.step)), epochs=int(train_cfg.epochs),
-                  n_train=len(setup.train_enc), n_truncated=setup.train_enc.n_truncated, wall_s=time.time() - t_start)
+    result = dict(last_eval, learning_rate=setup.learning_rate, aux_lm_weight=setup.aux_lm_weight,
+                  step=int(jax.device_get(state.step)), epochs=int(train_cfg.epochs), n_train=len(setup.train_enc),
+                  n_truncated=setup.train_enc.n_truncated, wall_s=time.time() - t_start)
     print(f"fine-tuned in {result['wall_s']:.0f} s; checkpoint in {run.ckpt.directory}", flush=True)
     return result
 
