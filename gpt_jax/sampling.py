@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpt_jax.model import init_cache
 from gpt_jax.utils import round_up
 
 BUCKET = 64  # prompt and buffer lengths are rounded up to this, so similar lengths share one compile
@@ -163,8 +164,6 @@ class Sampler:
 
 def model_sampler(model, eos_id: Optional[int] = None) -> Sampler:
     """A Sampler over a `gpt_jax.model.GPT`."""
-    from gpt_jax.model import init_cache
-
     cfg = model.cfg
 
     def logits_fn(params, ids, cache):

@@ -144,6 +144,7 @@ class HFTokenizer(Tokenizer):
 
     def __init__(self, path: Optional[str], eot_token: Optional[str] = None, *,
                  tokenizer_json: Optional[str] = None):
+        # imported here: only Hugging Face tokenizers (openai-gpt) need the `tokenizers` library
         from tokenizers import Tokenizer as _T
         from tokenizers.decoders import BPEDecoder, ByteLevel
 
@@ -224,6 +225,7 @@ class HFTokenizer(Tokenizer):
     @staticmethod
     def load_files(path: str):
         """A `tokenizers.Tokenizer` from a tokenizer.json, or a folder with it or vocab.json + merges.txt."""
+        # imported here, as in __init__: only Hugging Face tokenizers need the library
         from tokenizers import Tokenizer as _T
         from tokenizers import decoders, normalizers, pre_tokenizers
         from tokenizers.models import BPE
