@@ -158,3 +158,12 @@ def test_a_folder_holding_other_things_is_not_written_into(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     one_line_error(run_cli([*TINY, f"--workdir={tmp_path}"], check=False), "is not a gpt-jax run folder", only=True)
     assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--temperature=nan", "--temperature must be a number in [0, inf), got nan"),
+    ("--top_p=1.5", "--top_p must be a number in (0, 1], got 1.5"),
+    ("--num_samples=0", "--num_samples must be an integer in [1, inf), got 0"),
+])
+def test_sampling_flags_out_of_range_are_one_line_errors(tmp_path, flag, message):
+    one_line_error(run_cli(["sample.py", f"--workdir={tmp_path}", flag], check=False), message, only=True)

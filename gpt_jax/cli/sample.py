@@ -7,9 +7,13 @@ import sys
 import jax
 
 from gpt_jax import sources
-from gpt_jax.config import default_config
+from gpt_jax.config import COUNT, NON_NEGATIVE, POSITIVE_INT, Range, default_config
 from gpt_jax.model import GPT
 from gpt_jax.sampling import SamplingError, model_sampler
+
+
+FLAG_RANGES = {"max_new_tokens": POSITIVE_INT, "temperature": NON_NEGATIVE, "top_k": COUNT,
+               "top_p": Range(0, 1, low_open=True), "num_samples": POSITIVE_INT, "seed": COUNT}
 
 
 def run_sampling(*, workdir=None, init_from=None, prompt=None, prompt_file=None, max_new_tokens=None,
@@ -20,6 +24,12 @@ def run_sampling(*, workdir=None, init_from=None, prompt=None, prompt_file=None,
     out = sys.stdout if out is None else out
     if bool(workdir) == bool(init_from):
         raise SamplingError("pass exactly one of --workdir=RUN_FOLDER or --init_from=MODEL")
+    flags = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+             "num_samples": num_samples, "seed": seed}
+    for name, value in flags.items():  # NaN and out-of-range values, before any model is loaded
+        valid = FLAG_RANGES[name]
+        if value is not None and not valid.contains(value):
+            raise SamplingError(f"--{name} must be {valid.describe()}, got {value!r}")
     defaults = default_config().sample.to_dict()
     source = sources.load(workdir or init_from, what="--workdir" if workdir else "--init_from", run_only=bool(workdir))
     cfg, params, tokenizer = source.config, source.params, source.tokenizer
