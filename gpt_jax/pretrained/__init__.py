@@ -27,8 +27,9 @@ from gpt_jax.pretrained.hub import HUB_MODELS, download, resolve
 from gpt_jax.pretrained.tokenizer_files import load_tokenizer
 from gpt_jax.pretrained.weight_files import find_weight_files, read_safetensors, read_tensors, read_torch_pickle
 
-__all__ = ["CONFIG_FILE", "HUB_MODELS", "PretrainedError", "convert", "download", "find_weight_files", "load", "load_tokenizer",
-           "model_config", "read_hf_config", "read_safetensors", "read_tensors", "read_torch_pickle", "resolve"]
+__all__ = ["CONFIG_FILE", "HUB_MODELS", "PretrainedError", "convert", "download", "find_weight_files", "load",
+           "load_tokenizer", "model_config", "read_hf_config", "read_safetensors", "read_tensors", "read_torch_pickle",
+           "resolve"]
 
 
 def load(name_or_path: str, with_tokenizer: bool = False):
