@@ -14,7 +14,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from gpt_jax.cli import setup_jax, start
+from gpt_jax.cli import setup_jax, start, workdir_of
 
 config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/finetune_rte.py", lock_config=True)
 flags.DEFINE_string("workdir", None, "run folder (checkpoints, metrics.jsonl); default runs/<config name>")
@@ -33,10 +33,7 @@ def main(argv):
     if config is None and not (FLAGS.workdir and FLAGS.predict_file):
         raise ValueError("pass --config=configs/finetune_*.py to fine-tune, or --workdir=RUN and --predict_file=FILE "
                          "to predict with a fine-tuned run")
-    workdir = FLAGS.workdir
-    if workdir is None:
-        name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
-        workdir = os.path.join("runs", name)
+    workdir = workdir_of(FLAGS.workdir)
     setup_jax()
     from gpt_jax import finetune
 

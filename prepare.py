@@ -12,7 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gpt_jax import data as data_lib
-from gpt_jax.cli import start
+from gpt_jax.cli import start, workdir_of
 
 config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/gpt2.py", lock_config=True)
 flags.DEFINE_string("workdir", None, "run folder whose data/ receives the shards; default runs/<config name>")
@@ -24,8 +24,7 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}; flags look like --config.data.dataset=PATH")
     config = FLAGS.config
-    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
-    data_dir = os.path.join(FLAGS.workdir or os.path.join("runs", name), "data")
+    data_dir = os.path.join(workdir_of(FLAGS.workdir), "data")
     tokenizer = None
     if config.train.get("init_from"):  # training will tokenize with the source model's tokenizer
         from gpt_jax import sources  # imports JAX: only runs that start from another model need it

@@ -3,12 +3,10 @@
 Rerunning the same command resumes from the newest checkpoint in the workdir.
 """
 
-import os
-
 from absl import flags
 from ml_collections import config_flags
 
-from gpt_jax.cli import setup_jax, start
+from gpt_jax.cli import setup_jax, start, workdir_of
 
 config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/gpt1.py", lock_config=True)
 flags.DEFINE_string("workdir", None, "run folder (checkpoints, logs, data cache); default runs/<config name>")
@@ -22,8 +20,7 @@ def main(argv):
     setup_jax()
     from gpt_jax.train import train_and_evaluate
 
-    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
-    train_and_evaluate(FLAGS.config, FLAGS.workdir or os.path.join("runs", name))
+    train_and_evaluate(FLAGS.config, workdir_of(FLAGS.workdir))
 
 
 if __name__ == "__main__":

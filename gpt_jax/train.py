@@ -15,7 +15,6 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from gpt_jax import checkpoint as ckpt_lib
 from gpt_jax import data as data_lib
 from gpt_jax import metrics as metrics_lib
 from gpt_jax import optim
@@ -118,12 +117,13 @@ def model_and_data(config, workdir: str):
     return ModelConfig.from_dict(model_dict), None, tokenizer, train_tokens, val_tokens
 
 
-def _refuse_another_run(workdir: str, config) -> Optional[dict]:
-    """The meta of the run WORKDIR holds (None when it holds none), after checking that this config continues it;
-    nothing in the folder is touched before."""
-    saved = ckpt_lib.newest_meta(workdir)
-    if saved is None:
+def _refuse_another_run(run: Run, config) -> Optional[dict]:
+    """The meta of the run the folder holds (None when it holds none), after checking that this config continues
+    it; nothing in the folder is touched before."""
+    workdir, latest = run.workdir, run.ckpt.latest_step()
+    if latest is None:
         return None
+    saved = run.ckpt.read_meta(latest)
     if sources.is_finetuning_run(saved):
         raise ValueError(f"{workdir} holds a fine-tuning run (finetune.py); pass another --workdir")
     before, now = saved.get("config", {}), config.to_dict()
@@ -170,7 +170,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     t_start, train_cfg = time.time(), config.train
     check_ranges(config, PRETRAINING_RANGES)
     with Run(workdir, max_to_keep=int(train_cfg.max_to_keep), tensorboard=bool(train_cfg.tensorboard)) as run:
-        saved = _refuse_another_run(workdir, config)
+        saved = _refuse_another_run(run, config)
         model_cfg, pretrained_params, tokenizer, train_tokens, val_tokens = model_and_data(config, workdir)
         _refuse_changed_data(workdir, saved, model_cfg, tokenizer)
         params_or_init = pretrained_params if pretrained_params is not None else partial(init_params, model_cfg)

@@ -56,6 +56,14 @@ def parse_flags(argv):
         sys.exit(2)
 
 
+def workdir_of(workdir, config_flag="config") -> str:
+    """The run folder a CLI uses: --workdir when given, else runs/<config file name without .py>."""
+    if workdir:
+        return workdir
+    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS[config_flag])))[0]
+    return os.path.join("runs", name)
+
+
 def start(main, cpu_data_parallel: bool = False) -> None:
     """Entry point of a CLI: parse flags, run `main(argv)`, turn user errors into one line and exit 2.
 
