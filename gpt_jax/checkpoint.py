@@ -38,7 +38,10 @@ def _no_replica_slicing_on_cpu() -> None:
 
 # Bumped when saved arrays change meaning. 2: Dense kernels stored (out, in), as PyTorch's Linear (1, unmarked:
 # (in, out), gpt-jax before that change). Square kernels would restore silently transposed, so it is checked.
-FORMAT = 2
+# 3: the blocks' parameters stacked over layers, params["h"] (the layer scan), instead of h_0 ... h_{L-1}.
+FORMAT = 3
+FORMATS = {1: "Dense kernels stored (in, out)", 2: "one parameter group per layer, h_0 ... h_{L-1}",
+           3: "the blocks' parameters stacked over layers"}
 
 
 class Checkpointer:
@@ -82,9 +85,9 @@ class Checkpointer:
             if found != FORMAT:
                 self.close()
                 raise CheckpointError(
-                    f"checkpoint step {step} in {self.directory} has checkpoint format {found}; this gpt-jax reads "
-                    f"format {FORMAT} (Dense kernels stored (out, in)): retrain into a new --workdir, or load it "
-                    "with the gpt-jax version that wrote it")
+                    f"checkpoint step {step} in {self.directory} has checkpoint format {found} "
+                    f"({FORMATS.get(found, 'unknown')}); this gpt-jax reads format {FORMAT} ({FORMATS[FORMAT]}): "
+                    "retrain into a new --workdir, or load it with the gpt-jax version that wrote it")
         return self._restore(step, abstract)
 
     def _restore(self, step: int, abstract: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,9 @@ from gpt_jax.utils import round_up
 
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu_tanh", "gelu")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on TPU and GPU, float32 on CPU (`for_platform`)
+REMATS = ("none", "block", "dots")  # see gpt_jax.model.REMAT_POLICIES
+ATTENTIONS = ("auto", "xla", "flash")  # see gpt_jax.attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,15 +31,20 @@ class ModelConfig:
     ln_eps: float = 1e-5  # LayerNorm epsilon (GPT-1 and GPT-2 both use 1e-5)
     activation: str = "gelu_tanh"  # "gelu_tanh" (GPT-1/2; HF gelu_new and openai-gpt) or "gelu" (exact erf)
     extra_tokens: int = 0  # learned ids after the vocab (fine-tuning's start/delim/extract); never predicted
-    dtype: str = "float32"  # compute dtype; parameters stay float32
+    dtype: str = "float32"  # compute dtype ("auto" | "float32" | "bfloat16"); parameters and optimizer state,
+    #                          LayerNorm statistics, softmax and the loss stay float32
+    remat: str = "none"  # recompute in the backward pass: "none", "block" (all of each block) or "dots" (all but
+    #                       the dense layers' outputs); less activation memory, ~1/3 more compute for "block"
+    attention: str = "xla"  # "auto" (flash where it applies), "xla" (plain; attention dropout), "flash" (kernel)
 
     def __post_init__(self):
         if self.norm_position not in NORM_POSITIONS:
             raise ValueError(f"model.norm_position must be one of {NORM_POSITIONS}, got {self.norm_position!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"model.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for name, valid in (("dtype", DTYPES), ("remat", REMATS), ("attention", ATTENTIONS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"model.{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
         for name in ("n_layer", "n_head", "d_model", "d_ff", "block_size", "vocab_size"):
@@ -55,6 +62,17 @@ class ModelConfig:
         """Embedding rows: vocab + extra tokens, rounded up to a multiple of 128 (faster matmuls)."""
         n = self.vocab_size + self.extra_tokens
         return round_up(n, 128)
+
+    def for_platform(self, platform: str) -> "ModelConfig":
+        """This config with "auto" settled for devices of `platform` ("cpu", "tpu", "gpu"/"cuda"/"rocm"): bfloat16
+        compute on accelerators, float32 on CPU; the flash attention kernel where it applies (`gpt_jax.attention`).
+        Settings the user chose are kept."""
+        cfg = self
+        if cfg.dtype == "auto":
+            cfg = cfg.replace(dtype="float32" if platform == "cpu" else "bfloat16")
+        if cfg.attention == "auto":
+            cfg = cfg.replace(attention="xla")
+        return cfg
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)
@@ -102,6 +120,8 @@ def default_config():
 
     c.model = ConfigDict(ModelConfig().to_dict())  # fields documented on ModelConfig
     c.model.vocab_size = 0  # 0: taken from the tokenizer (char: the corpus' characters; gpt2: 50257)
+    c.model.dtype = "auto"  # bfloat16 compute on TPU/GPU, float32 on CPU
+    c.model.attention = "auto"  # the flash kernel on TPU/GPU when attention dropout is 0 and the shapes suit
 
     c.data = ConfigDict()
     c.data.dataset = "shakespeare"  # "shakespeare" (embedded), a text / JSONL(.gz) / parquet file or a folder of

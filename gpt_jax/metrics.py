@@ -26,6 +26,47 @@ def flops_per_token(cfg: ModelConfig, n_params: int, seq_len: int) -> float:
     return 6.0 * n_params + 12.0 * cfg.n_layer * seq_len * cfg.d_model
 
 
+def program_matmul_flops(fn, *args) -> float:
+    """The matrix-multiply FLOPs of one call of `fn(*args)` (args may be ShapeDtypeStructs), counted in its jaxpr:
+    2 * (output size) * (contracted size) per dot_general, a scan's body times its length, a shard_map's body
+    times its devices, a cond's costliest branch; rematerialized blocks are counted each time they run.
+
+    XLA's own count (`compiled.cost_analysis()["flops"]`) counts the body of a loop once, so it undercounts a
+    program whose layers run under `lax.scan`."""
+    import math
+
+    from jax.extend import core as jex_core
+
+    def count(jaxpr) -> float:
+        total = 0.0
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            if name == "dot_general":
+                (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+                lhs = eqn.invars[0].aval.shape
+                total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lhs_contract)
+                continue
+            subs = []
+            for value in eqn.params.values():
+                for v in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(v, jex_core.ClosedJaxpr):
+                        subs.append(v.jaxpr)
+                    elif isinstance(v, jex_core.Jaxpr):
+                        subs.append(v)
+            if not subs:
+                continue
+            if name == "cond":
+                total += max(count(s) for s in subs)
+                continue
+            times = eqn.params.get("length", 1) if name == "scan" else 1
+            if name == "shard_map":
+                times = eqn.params["mesh"].size
+            total += times * sum(count(s) for s in subs)
+        return total
+
+    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
 # bf16 dense peaks (FLOP/s) of common accelerators, per chip, from their vendors' data sheets.
 _PEAKS = {"TPU v2": 45e12, "TPU v3": 123e12, "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
           "TPU v5p": 459e12, "TPU v6 lite": 918e12, "A100": 312e12, "H100": 989e12, "H200": 989e12,

@@ -2,12 +2,18 @@
 
 Shapes: B batch, T tokens in this call, S cache length, C = d_model, H heads, D = C // H, V padded vocab.
 
+The blocks run under `nn.scan`: one block's program, applied n_layer times, so XLA compiles one block instead
+of n_layer unrolled copies (the 12-layer train step compiles for a TPU in seconds, not minutes). Their parameters
+are stacked over a leading layer axis, `params["h"][...]` of shape (n_layer, ...). `model.remat` rematerializes
+each block in the backward pass (`REMAT_POLICIES`), trading compute for activation memory.
+
 KV cache (an explicit pytree, passed in and returned; see `init_cache`):
-    {"k": [n_layer x (B * H, D, S)], "v": [n_layer x (B * H, S, D)], "pos": int32 ()}
+    {"k": (n_layer, B * H, D, S), "v": (n_layer, B * H, S, D), "pos": int32 ()}
 Batch and heads flattened, keys stored transposed: each attention product is a plain batched matmul over the
 cache as stored, `q (T, D) @ k (D, S)` and `att (T, S) @ v (S, D)`, with the batch dimension leading and the
 contraction on the inner dimensions. So a call transposes only its own T new keys and values, never the
-S-long cache, and the cache is updated in place (see CausalSelfAttention).
+S-long cache. The cache is carried through the layer scan and updated in place, layer i's T new entries at
+[i, :, :, pos] (see CausalSelfAttention).
 `pos` is how many positions are already filled; a call with T tokens writes positions [pos, pos + T)
 and returns the cache with pos + T. `pos` is a traced value, so decoding never recompiles per token.
 A call with a cache is decoding: its matmuls go through `gpt_jax.backend.linear` with `decoding=True`, which
@@ -31,7 +37,17 @@ Cache = dict[str, Any]
 
 
 def _dtype(cfg: ModelConfig):
+    """The compute dtype. "auto" is resolved for the devices by `ModelConfig.for_platform` before a run builds
+    its model; one left unresolved computes in float32."""
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+# model.remat -> what a block keeps for the backward pass (None: everything; otherwise a jax.checkpoint policy).
+REMAT_POLICIES = {
+    "block": jax.checkpoint_policies.nothing_saveable,  # only the block's input: all of it recomputed
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # the dense layers' outputs; attention,
+    #   GELU, LayerNorm and dropout recomputed
+}
 
 
 def _init(std: float):
@@ -44,13 +60,9 @@ def init_cache(cfg: ModelConfig, batch_size: int, length: Optional[int] = None, 
     if length > cfg.block_size:
         raise ValueError(f"cache length {length} exceeds the model's context block_size={cfg.block_size}")
     dtype = _dtype(cfg) if dtype is None else dtype
-    k_shape = (batch_size * cfg.n_head, cfg.head_dim, length)  # (B * H, D, S)
-    v_shape = (batch_size * cfg.n_head, length, cfg.head_dim)  # (B * H, S, D)
-    return {
-        "k": [jnp.zeros(k_shape, dtype) for _ in range(cfg.n_layer)],
-        "v": [jnp.zeros(v_shape, dtype) for _ in range(cfg.n_layer)],
-        "pos": jnp.zeros((), jnp.int32),
-    }
+    k_shape = (cfg.n_layer, batch_size * cfg.n_head, cfg.head_dim, length)  # (L, B * H, D, S)
+    v_shape = (cfg.n_layer, batch_size * cfg.n_head, length, cfg.head_dim)  # (L, B * H, S, D)
+    return {"k": jnp.zeros(k_shape, dtype), "v": jnp.zeros(v_shape, dtype), "pos": jnp.zeros((), jnp.int32)}
 
 
 class Dense(nn.Module):
@@ -78,8 +90,9 @@ class CausalSelfAttention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, *, train: bool, kv=None, pos=None):
-        # x: (B, T, C); kv: optional (k, v) cache of this layer, (B * H, D, S) and (B * H, S, D); pos: int32 ()
+    def __call__(self, x, *, train: bool, kv=None, pos=None, layer=None):
+        # x: (B, T, C); kv: optional (k, v) cache of every layer, (L, B * H, D, S) and (L, B * H, S, D), of which
+        # this one is `layer` (int32 ()); pos: int32 ()
         cfg = self.cfg
         B, T, C = x.shape
         H, D = cfg.n_head, cfg.head_dim
@@ -99,13 +112,15 @@ class CausalSelfAttention(nn.Module):
             # Batch and heads flattened (B * H), keys transposed: the cache enters the attention matmuls as
             # stored, `q (T, D) @ k (D, S)` and `att (T, S) @ v (S, D)`; only the T new entries are transposed,
             # and the update is in place (the module docstring has the layout).
-            k_cache, v_cache = kv  # (B * H, D, S), (B * H, S, D)
-            S = k_cache.shape[-1]
-            k_new = k.transpose(0, 2, 3, 1).reshape(B * H, D, T).astype(k_cache.dtype)
-            v_new = v.transpose(0, 2, 1, 3).reshape(B * H, T, D).astype(v_cache.dtype)
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k_new, (0, 0, pos))
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v_new, (0, pos, 0))
-            new_kv = (k_cache, v_cache)
+            k_all, v_all = kv  # (L, B * H, D, S), (L, B * H, S, D)
+            S = k_all.shape[-1]
+            k_new = k.transpose(0, 2, 3, 1).reshape(1, B * H, D, T).astype(k_all.dtype)
+            v_new = v.transpose(0, 2, 1, 3).reshape(1, B * H, T, D).astype(v_all.dtype)
+            k_all = jax.lax.dynamic_update_slice(k_all, k_new, (layer, 0, 0, pos))
+            v_all = jax.lax.dynamic_update_slice(v_all, v_new, (layer, 0, pos, 0))
+            new_kv = (k_all, v_all)
+            k_cache = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)  # (B * H, D, S)
+            v_cache = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)  # (B * H, S, D)
             q = q.transpose(0, 2, 1, 3).reshape(B * H, T, D)
             att = jnp.einsum("ntd,nds->nts", q, k_cache.astype(q.dtype))  # (B * H, T, S)
             att = self._probs(att.reshape(B, H, T, S), pos + jnp.arange(T), jnp.arange(S), train)
@@ -136,10 +151,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """One decoder block, the body of the layer scan: carry (x (B, T, C), kv, layer) -> (carry, None), where kv is
+    None or the whole cache's (k, v) and `layer` this block's index in it."""
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, *, train: bool, kv=None, pos=None):  # (B, T, C) -> (B, T, C)
+    def __call__(self, carry, train: bool, pos):
+        x, kv, layer = carry
         cfg = self.cfg
         ln_1 = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_1")
         ln_2 = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_2")
@@ -147,14 +165,24 @@ class Block(nn.Module):
         mlp = MLP(cfg, name="mlp")
         decoding = kv is not None
         if cfg.norm_position == "pre":  # GPT-2: x + f(LN(x))
-            a, kv = attn(ln_1(x), train=train, kv=kv, pos=pos)
+            a, kv = attn(ln_1(x), train=train, kv=kv, pos=pos, layer=layer)
             x = x + a
             x = x + mlp(ln_2(x), train=train, decoding=decoding)
         else:  # GPT-1: LN(x + f(x))
-            a, kv = attn(x, train=train, kv=kv, pos=pos)
+            a, kv = attn(x, train=train, kv=kv, pos=pos, layer=layer)
             x = ln_1(x + a)
             x = ln_2(x + mlp(x, train=train, decoding=decoding))
-        return x, kv
+        return (x, kv, layer + 1), None
+
+
+def scanned_blocks(cfg: ModelConfig, name: str = "h"):
+    """The n_layer blocks as one `nn.scan`ned module (parameters stacked on axis 0; each layer its own dropout
+    and init keys), each block rematerialized in the backward pass as `cfg.remat` says."""
+    block = Block
+    if cfg.remat != "none":  # train (argument 2, counting self) is a Python bool: static
+        block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False, static_argnums=(2,))
+    return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                   in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layer)(cfg, name=name)
 
 
 class GPT(nn.Module):
@@ -164,7 +192,7 @@ class GPT(nn.Module):
         cfg = self.cfg
         self.wte = self.param("wte", _init(0.02), (cfg.padded_vocab, cfg.d_model))  # (V, C)
         self.wpe = self.param("wpe", _init(0.02), (cfg.block_size, cfg.d_model))  # (block_size, C)
-        self.blocks = [Block(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
+        self.blocks = scanned_blocks(cfg)  # params["h"]: every block's parameters, stacked (n_layer, ...)
         if cfg.norm_position == "pre":
             self.ln_f = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_f")
         if not cfg.tie_embeddings:
@@ -181,16 +209,11 @@ class GPT(nn.Module):
         wpe = jax.lax.dynamic_slice_in_dim(self.wpe, pos, T, axis=0)  # (T, C)
         x = (jnp.take(self.wte, ids, axis=0) + wpe[None]).astype(_dtype(cfg))  # (B, T, C)
         x = self.drop(x, deterministic=not train)
-        new_k, new_v = [], []
-        for i, block in enumerate(self.blocks):
-            kv = None if cache is None else (cache["k"][i], cache["v"][i])
-            x, kv = block(x, train=train, kv=kv, pos=pos)
-            if kv is not None:
-                new_k.append(kv[0])
-                new_v.append(kv[1])
+        kv = None if cache is None else (cache["k"], cache["v"])
+        (x, kv, _), _ = self.blocks((x, kv, jnp.zeros((), jnp.int32)), train, pos)
         if cfg.norm_position == "pre":
             x = self.ln_f(x)
-        new_cache = None if cache is None else {"k": new_k, "v": new_v, "pos": pos + T}
+        new_cache = None if cache is None else {"k": kv[0], "v": kv[1], "pos": pos + T}
         return x, new_cache
 
     def logits(self, h, *, padded: bool = False, decoding: bool = False):

@@ -33,10 +33,17 @@ class TrainState:
     rng: jax.Array  # uint32 (2,): base key; the dropout key of step s is fold_in(rng, s)
 
 
+NO_DECAY = ("bias", "scale")  # parameter names of biases and LayerNorm gains
+
+
 def decay_mask(params):
     """Weight decay on matrices (dense kernels and embedding tables), none on biases and LayerNorm gains/biases:
-    the GPT-1 paper's "all non bias or gain weights"."""
-    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+    the GPT-1 paper's "all non bias or gain weights". Decided by name, not rank: the scanned blocks' biases and
+    gains are stacked over layers into matrices."""
+    def decays(path, p):
+        last = path[-1]
+        return getattr(last, "key", getattr(last, "name", None)) not in NO_DECAY
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_schedule(optim, max_steps: int):

@@ -33,7 +33,7 @@ def test_shapes(norm):
     assert np.all(np.asarray(padded[..., cfg.vocab_size:]) < -1e29)  # padded columns carry no probability
     np.testing.assert_allclose(padded[..., : cfg.vocab_size], logits, rtol=0, atol=0)
     assert ("ln_f" in params) == (norm == "pre")
-    assert params["wte"].shape == (128, 32) and params["h_0"]["attn"]["c_attn"]["kernel"].shape == (96, 32)  # (out, in)
+    assert params["wte"].shape == (128, 32) and params["h"]["attn"]["c_attn"]["kernel"].shape == (2, 96, 32)  # (out, in)
 
 
 def test_pre_and_post_ln_differ():
@@ -109,10 +109,13 @@ def test_init_statistics_and_count():
     cfg = small(n_layer=4, d_model=64, d_ff=256, vocab_size=300)
     params = init_params(cfg, jax.random.PRNGKey(0))
     assert abs(float(jnp.std(params["wte"])) - 0.02) < 0.002
-    assert abs(float(jnp.std(params["h_0"]["mlp"]["c_fc"]["kernel"])) - 0.02) < 0.002
+    assert abs(float(jnp.std(params["h"]["mlp"]["c_fc"]["kernel"])) - 0.02) < 0.002
     # GPT-2's scaled init of residual projections: 0.02 / sqrt(2 * n_layer)
-    assert abs(float(jnp.std(params["h_0"]["mlp"]["c_proj"]["kernel"])) - 0.02 / np.sqrt(8)) < 0.001
-    assert float(jnp.abs(params["h_0"]["attn"]["c_attn"]["bias"]).max()) == 0.0
+    assert abs(float(jnp.std(params["h"]["mlp"]["c_proj"]["kernel"])) - 0.02 / np.sqrt(8)) < 0.001
+    assert float(jnp.abs(params["h"]["attn"]["c_attn"]["bias"]).max()) == 0.0
+    kernels = params["h"]["attn"]["c_attn"]["kernel"]  # (L, 3C, C): each scanned layer draws its own init
+    assert kernels.shape[0] == 4
+    assert not np.allclose(kernels[0], kernels[1])
     C, F, L = 64, 256, 4
     per_layer = 3 * C * C + 3 * C + C * C + C + C * F + F + F * C + C + 4 * C
     assert count_params(params) == cfg.padded_vocab * C + cfg.block_size * C + L * per_layer + 2 * C

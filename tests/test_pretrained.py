@@ -239,7 +239,7 @@ def test_loading_needs_no_torch(monkeypatch, gpt2_dir, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` now fails
     for folder in (src, str(tmp_path)):
         model, params = pretrained.load(folder)
-        assert params["h_1"]["mlp"]["c_fc"]["kernel"].shape == (128, 32)  # (out, in)
+        assert params["h"]["mlp"]["c_fc"]["kernel"].shape == (2, 128, 32)  # (layers, out, in)
 
 
 def test_torch_pickle_reader_runs_no_code(tmp_path):

@@ -42,8 +42,10 @@ def test_schedule_gpt1():
 def test_weight_decay_mask():
     params = jax.eval_shape(lambda: init_params(CFG.replace(norm_position="pre"), jax.random.PRNGKey(0)))
     mask = optim.decay_mask(params)
-    assert mask["wte"] and mask["wpe"] and mask["h_0"]["attn"]["c_attn"]["kernel"]
-    assert not mask["h_0"]["attn"]["c_attn"]["bias"] and not mask["h_0"]["ln_1"]["scale"]
+    assert mask["wte"] and mask["wpe"] and mask["h"]["attn"]["c_attn"]["kernel"]
+    # the scanned blocks' biases and gains are (n_layer, n) matrices, and still not decayed
+    assert params["h"]["attn"]["c_attn"]["bias"].ndim == 2
+    assert not mask["h"]["attn"]["c_attn"]["bias"] and not mask["h"]["ln_1"]["scale"]
     assert not mask["ln_f"]["bias"]
 
 
@@ -133,18 +135,26 @@ def test_eight_simulated_devices_match_one(cli):
         assert one["wte"] == pytest.approx(eight["wte"], rel=1e-4, abs=1e-4)
 
 
-def test_mfu_flop_count_matches_xla_cost_analysis():
-    """6N + 12 L T d per token (not halving causal attention) against XLA's count for the compiled step."""
-    from gpt_jax.metrics import flops_per_token
+@pytest.mark.parametrize("n_layer", [1, 3])
+def test_mfu_flop_count_matches_xla_cost_analysis(n_layer):
+    """6N + 12 L T d per token (not halving causal attention) against the matmul FLOPs counted in the step's
+    program, and that count against XLA's for one layer (XLA counts the layer scan's body once)."""
+    from gpt_jax.metrics import flops_per_token, program_matmul_flops
     from gpt_jax.model import count_params
 
-    cfg = ModelConfig(n_layer=2, n_head=4, d_model=64, d_ff=256, block_size=64, vocab_size=500, dropout=0.0)
+    cfg = ModelConfig(n_layer=n_layer, n_head=4, d_model=64, d_ff=256, block_size=64, vocab_size=500, dropout=0.0)
     mesh = shard_lib.make_mesh(jax.devices()[:1])
     tx, _ = optim.make_optimizer(optim_cfg(), 100)
     state = optim.init_state(tx, 0, mesh, partial(init_params, cfg))
     step = train_lib.make_train_step(GPT(cfg), tx, mesh)
     x = np.zeros((4, 64), np.int32)
-    cost = step.lower(state, shard_lib.put_batch({"inputs": x, "targets": x}, mesh)).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    batch = shard_lib.put_batch({"inputs": x, "targets": x}, mesh)
     ours = flops_per_token(cfg, count_params(state.params, exclude_positions=True), 64) * 4 * 64
-    assert abs(cost["flops"] / ours - 1) < 0.15, (cost["flops"], ours)
+    counted = program_matmul_flops(step, state, batch)
+    assert abs(counted / ours - 1) < 0.15, (counted, ours)
+    remat = train_lib.make_train_step(GPT(cfg.replace(remat="block")), tx, mesh)  # the forward runs twice
+    assert program_matmul_flops(remat, state, batch) > 1.2 * counted
+    if n_layer == 1:
+        cost = step.lower(state, batch).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        assert abs(cost["flops"] / counted - 1) < 0.15, (cost["flops"], counted)

@@ -2,7 +2,8 @@
 
 Weight names: HF's Conv1D stores (in, out), our Dense kernels (out, in) (`gpt_jax.model.Dense`), so those are
 transposed once here; the embedding table and an untied `lm_head` (HF's Linear, already (out, in)) get zero rows
-up to `padded_vocab`.
+up to `padded_vocab`. HF's layers h.0 ... h.{L-1} are stacked into our scanned blocks' parameters `h`, whose
+leaves have a leading layer axis (gpt_jax/model.py).
 """
 
 from __future__ import annotations
@@ -30,9 +31,23 @@ def convert(tensors: dict[str, LazyTensor], cfg: ModelConfig, kind: str, where: 
     expected = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
     leaves, treedef = jax.tree_util.tree_flatten_with_path(expected)
     params = [(tuple(k.key for k in path), tuple(leaf.shape)) for path, leaf in leaves]
-    for path, shape in sorted(params, key=lambda param: _model_order(param[0])):  # check everything before reading
+    per_layer = [one for path, shape in params for one in _per_layer(path, shape)]
+    for path, shape in sorted(per_layer, key=lambda param: _model_order(param[0])):  # check all before reading
         source.find(path, shape)
-    return jax.tree_util.tree_unflatten(treedef, [put(source.read(path, shape)) for path, shape in params])
+
+    def read(path, shape):
+        parts = [source.read(p, s) for p, s in _per_layer(path, shape)]
+        return np.stack(parts) if path[0] == "h" else parts[0]
+
+    return jax.tree_util.tree_unflatten(treedef, [put(read(path, shape)) for path, shape in params])
+
+
+def _per_layer(path: tuple[str, ...], shape: tuple[int, ...]) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+    """A parameter of the scanned blocks, `h/...` of shape (n_layer, ...), as one (h_i/..., shape) per layer;
+    any other parameter as itself."""
+    if path[0] != "h":
+        return [(path, shape)]
+    return [((f"h_{i}",) + path[1:], shape[1:]) for i in range(shape[0])]
 
 
 def hf_name(path: tuple[str, ...], kind: str) -> str:
