@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gpt_jax.attention import flash_attention, flash_supported, xla_attention
 
@@ -83,9 +84,10 @@ def test_flash_supported():
     assert flash_supported(platform="gpu", **ok) == (True, "")
     assert flash_supported(platform="cuda", **ok) == (True, "")
     assert flash_supported(platform="tpu", **{**ok, "dtype": jnp.float32})[0]
+    assert flash_supported(platform="tpu", **{**ok, "head_dim": 80})[0]
     rejected = [
         ("tpu", {"dropout": 0.1}), ("gpu", {"dropout": 0.1}), ("cpu", {}), ("rocm", {}),
-        ("tpu", {"seq_len": 1000}), ("tpu", {"seq_len": 64}), ("tpu", {"head_dim": 192}),
+        ("tpu", {"seq_len": 1000}), ("tpu", {"seq_len": 64}), ("tpu", {"dtype": jnp.float16}),
         ("gpu", {"dtype": jnp.float32}), ("gpu", {"head_dim": 256}), ("gpu", {"head_dim": 60}),
     ]
     for platform, change in rejected:
@@ -95,15 +97,20 @@ def test_flash_supported():
         flash_attention(*_qkv(1, 200, 1, 64), interpret=True)
 
 
-def test_compiled_for_tpu_takes_the_pallas_kernel(monkeypatch):
+def _tpu_mesh(monkeypatch, topology_name, chips_per_host_bounds):
+    """A ("data",) mesh over the devices of a TPU topology that exists only to compile for (needs libtpu)."""
     pytest.importorskip("libtpu")
     from jax.experimental import topologies
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     # Only compiling here, no TPU is touched: let libtpu load even while another process holds its lock file.
     monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    topology = topologies.get_topology_desc(topology_name="v5e:1x1", platform="tpu", chips_per_host_bounds=(1, 1, 1))
-    sharding = NamedSharding(Mesh(np.array(topology.devices), ("data",)), P())
+    topology = topologies.get_topology_desc(topology_name=topology_name, platform="tpu",
+                                            chips_per_host_bounds=chips_per_host_bounds)
+    return Mesh(np.array(topology.devices), ("data",))
+
+
+def test_compiled_for_tpu_takes_the_pallas_kernel(monkeypatch):
+    sharding = NamedSharding(_tpu_mesh(monkeypatch, "v5e:1x1", (1, 1, 1)), P())
     x = jax.ShapeDtypeStruct((16, 1024, 12, 64), jnp.bfloat16, sharding=sharding)  # GPT-2 small: T=1024, H=12
 
     def compile_for_tpu(attention):
@@ -117,3 +124,13 @@ def test_compiled_for_tpu_takes_the_pallas_kernel(monkeypatch):
     # XLA keeps the (B, H, T, T) scores: 16 * 12 * 1024 * 1024 float32 is 805 MB on its own.
     print(f"TPU temp bytes, B=16 T=1024 H=12 D=64 bf16: flash {flash_temp:,} xla {xla_temp:,}")
     assert xla_temp >= 16 * 12 * 1024 * 1024 * 4 > 4 * flash_temp
+
+
+def test_compiled_for_several_tpus_runs_the_kernel_per_device(monkeypatch):
+    mesh = _tpu_mesh(monkeypatch, "v5e:2x2", (2, 2, 1))
+    x = jax.ShapeDtypeStruct((8, 256, 2, 64), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
+    loss = lambda q, k, v: jnp.sum(flash_attention(q, k, v, mesh=mesh).astype(jnp.float32))
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
+    hlo = compiled.as_text()
+    assert "tpu_custom_call" in hlo
+    assert "all-gather" not in hlo  # each device keeps its own rows: no gathering of q, k, v
