@@ -34,7 +34,8 @@ from gpt_jax.utils import NEG_INF
 
 # Splash tiles: q and kv blocks must be multiples of the TPU's 128 lanes. A block covers `block` query rows
 # against `block` keys; larger blocks mean fewer grid steps (each has a fixed cost) for the same work, and a
-# 512 x 512 float32 score tile (1 MiB) still fits VMEM easily. The first of these that divides T is used.
+# 512 x 512 float32 score tile is 1 MiB of VMEM. The first of these that divides T is used; forward and backward
+# compile for v5e at every T in 128, 256, 384, 512, 768, 1024, 1536, 2048 and 4096.
 TPU_BLOCKS = (512, 256, 128)
 TPU_MIN_BLOCK = TPU_BLOCKS[-1]
 CUDNN_MAX_HEAD_DIM = 128  # cuDNN flash attention on pre-Hopper GPUs; Hopper allows 256, not relied on here

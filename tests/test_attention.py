@@ -76,6 +76,9 @@ def test_flash_attention_on_cpu_is_the_xla_reference():
     hlo = jax.jit(flash_attention).lower(q, k, v).as_text()
     assert "tpu_custom_call" not in hlo and "cudnn" not in hlo  # only the default branch is lowered for CPU
     np.testing.assert_allclose(jax.jit(flash_attention)(q, k, v), xla_attention(q, k, v), rtol=1e-6, atol=1e-6)
+    grads = lambda attention: jax.jit(jax.grad(lambda *qkv: jnp.sum(attention(*qkv) ** 2), argnums=(0, 1, 2)))(q, k, v)
+    for g, r in zip(grads(flash_attention), grads(xla_attention)):
+        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-6)
 
 
 def test_flash_supported():
