@@ -13,7 +13,7 @@ from gpt_jax.utils import round_up
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu_tanh", "gelu")
 DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on TPU and GPU, float32 on CPU (`for_platform`)
-REMATS = ("none", "block", "dots")  # see gpt_jax.model.REMAT_POLICIES
+REMATS = ("auto", "none", "block", "dots")  # see gpt_jax.model.REMAT_POLICIES; auto: dots on TPU/GPU, none on CPU
 ATTENTIONS = ("auto", "xla", "flash")  # see gpt_jax.attention
 
 
@@ -34,7 +34,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype ("auto" | "float32" | "bfloat16"); parameters and optimizer state,
     #                          LayerNorm statistics, softmax and the loss stay float32
     remat: str = "none"  # recompute in the backward pass: "none", "block" (all of each block) or "dots" (all but
-    #                       the dense layers' outputs); less activation memory, ~1/3 more compute for "block"
+    #                       the dense layers' outputs: +2% FLOPs at GPT-1's shape, and no (B, H, T, T) attention
+    #                       tensors kept per layer); "auto": dots on TPU/GPU, none on CPU
     attention: str = "xla"  # "auto" (flash where it applies), "xla" (plain; attention dropout), "flash" (kernel)
 
     def __post_init__(self):
@@ -67,11 +68,17 @@ class ModelConfig:
         """This config with "auto" settled for devices of `platform` ("cpu", "tpu", "gpu"/"cuda"/"rocm"): bfloat16
         compute on accelerators, float32 on CPU; the flash attention kernel where it applies (`gpt_jax.attention`).
         Settings the user chose are kept."""
+        from gpt_jax.attention import flash_supported  # imports JAX: not at the config's import time
+
         cfg = self
         if cfg.dtype == "auto":
             cfg = cfg.replace(dtype="float32" if platform == "cpu" else "bfloat16")
+        if cfg.remat == "auto":
+            cfg = cfg.replace(remat="none" if platform == "cpu" else "dots")
         if cfg.attention == "auto":
-            cfg = cfg.replace(attention="xla")
+            ok, _ = flash_supported(platform=platform, seq_len=cfg.block_size, head_dim=cfg.head_dim,
+                                    dtype=cfg.dtype, dropout=cfg.dropout)
+            cfg = cfg.replace(attention="flash" if ok else "xla")
         return cfg
 
     def replace(self, **kw) -> "ModelConfig":
@@ -122,6 +129,8 @@ def default_config():
     c.model.vocab_size = 0  # 0: taken from the tokenizer (char: the corpus' characters; gpt2: 50257)
     c.model.dtype = "auto"  # bfloat16 compute on TPU/GPU, float32 on CPU
     c.model.attention = "auto"  # the flash kernel on TPU/GPU when attention dropout is 0 and the shapes suit
+    c.model.remat = "auto"  # "dots" on TPU/GPU (the layer scan would otherwise keep every layer's attention
+    #                         probabilities for the backward pass), "none" on CPU
 
     c.data = ConfigDict()
     c.data.dataset = "shakespeare"  # "shakespeare" (embedded), a text / JSONL(.gz) / parquet file or a folder of
@@ -138,7 +147,8 @@ def default_config():
 
     c.train = ConfigDict()
     c.train.batch_size = 64  # sequences per optimizer step (all devices, all microbatches)
-    c.train.grad_accum_steps = 1  # microbatches per step (batch_size must divide evenly)
+    c.train.grad_accum_steps = 1  # microbatches per step (batch_size must divide evenly); 0 = auto: the fewest
+    #                               whose compiled step fits the accelerator's memory (gpt_jax/fit.py)
     c.train.max_steps = 100_000  # optimizer steps
     c.train.log_every = 50  # steps between train-loss logs (each one waits for the device)
     c.train.eval_every = 1000  # steps between validation evaluations (and at the end)
@@ -203,7 +213,7 @@ PRETRAINING_RANGES = {
     "seed": Range(0, 2**31 - 1, integer=True), **OPTIM_RANGES, "optim.warmup_steps": COUNT,
     "model.dropout": FRACTION, "model.ln_eps": POSITIVE, "model.vocab_size": COUNT,
     "data.val_fraction": Range(0, 1, low_open=True, high_open=True), "data.max_documents": COUNT,
-    "train.batch_size": POSITIVE_INT, "train.grad_accum_steps": POSITIVE_INT, "train.max_steps": POSITIVE_INT,
+    "train.batch_size": POSITIVE_INT, "train.grad_accum_steps": COUNT, "train.max_steps": POSITIVE_INT,
     "train.log_every": POSITIVE_INT, "train.eval_every": COUNT, "train.eval_batch_size": POSITIVE_INT,
     "train.eval_max_windows": COUNT, "train.checkpoint_every": COUNT, "train.max_to_keep": COUNT,
     "train.peak_flops": NON_NEGATIVE, "train.restore_step": COUNT,

@@ -35,8 +35,6 @@ def program_matmul_flops(fn, *args) -> float:
     program whose layers run under `lax.scan`."""
     import math
 
-    from jax.extend import core as jex_core
-
     def count(jaxpr) -> float:
         total = 0.0
         for eqn in jaxpr.eqns:
@@ -49,9 +47,9 @@ def program_matmul_flops(fn, *args) -> float:
             subs = []
             for value in eqn.params.values():
                 for v in value if isinstance(value, (tuple, list)) else (value,):
-                    if isinstance(v, jex_core.ClosedJaxpr):
+                    if hasattr(v, "jaxpr") and hasattr(v, "consts"):  # a ClosedJaxpr
                         subs.append(v.jaxpr)
-                    elif isinstance(v, jex_core.Jaxpr):
+                    elif hasattr(v, "eqns"):  # a Jaxpr
                         subs.append(v)
             if not subs:
                 continue

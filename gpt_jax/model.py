@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt_jax.attention import flash_attention
 from gpt_jax.backend import linear
 from gpt_jax.config import ModelConfig
 from gpt_jax.utils import NEG_INF
@@ -88,6 +89,7 @@ class Dense(nn.Module):
 
 class CausalSelfAttention(nn.Module):
     cfg: ModelConfig
+    mesh: Any = None  # the training mesh: the flash kernel runs per device over it (gpt_jax.attention)
 
     @nn.compact
     def __call__(self, x, *, train: bool, kv=None, pos=None, layer=None):
@@ -103,7 +105,9 @@ class CausalSelfAttention(nn.Module):
         q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # (B, T, H, D)
         q = q * (1.0 / math.sqrt(D))  # scaled here, not the (B, H, T, S) scores: T / D times fewer multiplies
 
-        if kv is None:  # training / full forward: keys and values are (B, T, H, D), s indexes T
+        if kv is None and cfg.attention == "flash":  # fused kernel: no (B, H, T, T) scores in memory
+            y, new_kv = flash_attention(q, k, v, mesh=self.mesh), None  # (B, T, H, D)
+        elif kv is None:  # training / full forward: keys and values are (B, T, H, D), s indexes T
             att = jnp.einsum("bthd,bshd->bhts", q, k)  # (B, H, T, S=T)
             att = self._probs(att, jnp.arange(T), jnp.arange(T), train)
             y = jnp.einsum("bhts,bshd->bthd", att, v)  # (B, T, H, D)
@@ -154,6 +158,7 @@ class Block(nn.Module):
     """One decoder block, the body of the layer scan: carry (x (B, T, C), kv, layer) -> (carry, None), where kv is
     None or the whole cache's (k, v) and `layer` this block's index in it."""
     cfg: ModelConfig
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, carry, train: bool, pos):
@@ -161,7 +166,7 @@ class Block(nn.Module):
         cfg = self.cfg
         ln_1 = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_1")
         ln_2 = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_2")
-        attn = CausalSelfAttention(cfg, name="attn")
+        attn = CausalSelfAttention(cfg, self.mesh, name="attn")
         mlp = MLP(cfg, name="mlp")
         decoding = kv is not None
         if cfg.norm_position == "pre":  # GPT-2: x + f(LN(x))
@@ -175,24 +180,30 @@ class Block(nn.Module):
         return (x, kv, layer + 1), None
 
 
-def scanned_blocks(cfg: ModelConfig, name: str = "h"):
+def scanned_blocks(cfg: ModelConfig, mesh=None, name: str = "h"):
     """The n_layer blocks as one `nn.scan`ned module (parameters stacked on axis 0; each layer its own dropout
     and init keys), each block rematerialized in the backward pass as `cfg.remat` says."""
     block = Block
-    if cfg.remat != "none":  # train (argument 2, counting self) is a Python bool: static
+    if cfg.remat in REMAT_POLICIES:  # "none", or "auto" left unresolved: nothing recomputed  # train (argument 2, counting self) is a Python bool: static
         block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False, static_argnums=(2,))
     return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                   in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layer)(cfg, name=name)
+                   in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layer)(cfg, mesh, name=name)
 
 
 class GPT(nn.Module):
+    """cfg: the model; mesh: the devices a training step spans, needed only by the flash attention kernel (which
+    XLA cannot partition by itself)."""
     cfg: ModelConfig
+    mesh: Any = None
 
     def setup(self):
         cfg = self.cfg
+        if cfg.attention == "flash" and cfg.dropout > 0:
+            raise ValueError(f"model.attention='flash' has no attention dropout, and model.dropout={cfg.dropout}: set "
+                             "model.dropout=0 or model.attention='xla' (or 'auto', which picks)")
         self.wte = self.param("wte", _init(0.02), (cfg.padded_vocab, cfg.d_model))  # (V, C)
         self.wpe = self.param("wpe", _init(0.02), (cfg.block_size, cfg.d_model))  # (block_size, C)
-        self.blocks = scanned_blocks(cfg)  # params["h"]: every block's parameters, stacked (n_layer, ...)
+        self.blocks = scanned_blocks(cfg, self.mesh)  # params["h"]: every block's parameters, stacked (n_layer, ...)
         if cfg.norm_position == "pre":
             self.ln_f = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_f")
         if not cfg.tie_embeddings:

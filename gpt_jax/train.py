@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax import data as data_lib
+from gpt_jax import fit
 from gpt_jax import metrics as metrics_lib
 from gpt_jax import optim
 from gpt_jax import sharding as shard_lib
@@ -24,6 +25,7 @@ from gpt_jax.config import PRETRAINING_RANGES, ModelConfig, check_ranges
 from gpt_jax.loop import Cadence, Run, Task, log, train_loop
 from gpt_jax.losses import lm_loss
 from gpt_jax.model import GPT, count_params, head_weight, init_params
+from gpt_jax.tokenizer import GPT2Tokenizer
 from gpt_jax.utils import round_up
 
 
@@ -99,14 +101,15 @@ def model_and_data(config, workdir: str):
     """(ModelConfig, pretrained params or None, tokenizer, train tokens, val tokens) of a pre-training run.
 
     With `train.init_from` (a run folder, a hub name or a HF folder; `gpt_jax.sources`) the architecture, weights
-    and tokenizer come from there, dropout and compute dtype from this config; otherwise the tokenizer comes from
-    the data config and the vocabulary size from the tokenizer unless set."""
+    and tokenizer come from there, dropout and the compute settings (dtype, remat, attention) from this config;
+    otherwise the tokenizer comes from the data config and the vocabulary size from the tokenizer unless set."""
     init_from = config.train.get("init_from")
     source = sources.load(init_from, what="train.init_from") if init_from else None
     tokenizer = source.tokenizer if source else None
     train_tokens, val_tokens, tokenizer = data_lib.prepare(config.data, os.path.join(workdir, "data"), tokenizer)
     if source:
-        cfg = source.config.replace(dropout=float(config.model.dropout), dtype=config.model.dtype)
+        cfg = source.config.replace(dropout=float(config.model.dropout), dtype=config.model.dtype,
+                                    remat=config.model.remat, attention=config.model.attention)
         return cfg, source.params, tokenizer, train_tokens, val_tokens
     model_dict = config.model.to_dict()
     if not model_dict.get("vocab_size"):
@@ -148,7 +151,97 @@ def _refuse_changed_data(workdir: str, saved: Optional[dict], model_cfg: ModelCo
                          "config to resume")
 
 
-def _pretraining_task(config, model: GPT, tx, schedule, mesh, train_tokens, val_tokens, n_params: int) -> Task:
+# ----------------------------------------------------------------------------------------- the compiled steps
+
+
+def _batch_spec(mesh, rows: int, T: int, with_weights: bool = False) -> dict:
+    """The abstract (rows, T) batch the steps take: shapes, dtypes and the batch sharding."""
+    data = shard_lib.batch_sharding(mesh)
+    ids = jax.ShapeDtypeStruct((rows, T), jnp.int32, sharding=data)
+    spec = {"inputs": ids, "targets": ids}
+    if with_weights:
+        spec["weights"] = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=data)
+    return spec
+
+
+def _accumulation(config, model: GPT, tx, schedule, mesh, abstract, target: fit.Target) -> tuple[int, object]:
+    """train.grad_accum_steps, with 0 (auto) settled for `target`: the fewest microbatches whose compiled train step
+    fits the devices' memory (one microbatch where the devices report no limit, as on CPU). Returns (n, the
+    Compiled step when candidates were compiled, else None)."""
+    n, batch_size = int(config.train.grad_accum_steps), int(config.train.batch_size)
+    if n or target.hbm_bytes_per_chip is None:
+        return max(n, 1), None
+    spec = _batch_spec(mesh, batch_size, model.cfg.block_size)
+
+    def build(k):
+        return fit.compile_program(make_train_step(model, tx, mesh, k, schedule), abstract, spec)
+
+    n, compiled = fit.choose_grad_accum(build, fit.accumulation_candidates(batch_size, mesh.devices.size),
+                                        target.hbm_bytes_per_chip, log)
+    log(f"train.grad_accum_steps=0 (auto): {n} microbatch(es) of {batch_size // n} sequences fit "
+        f"{target.name}'s {target.hbm_bytes_per_chip / fit.GiB:.2f} GiB per device ({compiled.needed / fit.GiB:.2f} "
+        "GiB needed)")
+    return n, compiled
+
+
+def compiled_model(model_cfg: ModelConfig, mesh) -> GPT:
+    """The model a run computes with on `mesh`'s devices: "auto" settings settled for their platform."""
+    return GPT(model_cfg.for_platform(mesh.devices.flat[0].platform), mesh)
+
+
+def _model_config_for_fit(config, workdir: str) -> ModelConfig:
+    """The run's model config without preparing its corpus where the vocabulary size is known: set in the config, or
+    the GPT-2 BPE's; a character vocabulary or an init_from source is read as training would."""
+    model_dict = config.model.to_dict()
+    if not config.train.get("init_from") and (model_dict.get("vocab_size") or config.data.tokenizer == "gpt2"):
+        model_dict["vocab_size"] = model_dict.get("vocab_size") or GPT2Tokenizer.vocab_size
+        return ModelConfig.from_dict(model_dict)
+    return model_and_data(config, workdir)[0]
+
+
+def compile_only(config, workdir: str, target_name: str) -> dict:
+    """The fit check (`train.py --compile_only=T`): the run's train and eval steps compiled for `target_name` (a
+    Cloud TPU type or "here"), exactly as training builds them; returns the report (gpt_jax.fit)."""
+    check_ranges(config, PRETRAINING_RANGES)
+    train_cfg = config.train
+    model_cfg = _model_config_for_fit(config, workdir)
+    target = fit.target(target_name)
+    mesh = shard_lib.make_mesh(list(target.devices))
+    batch_size, T = int(train_cfg.batch_size), model_cfg.block_size
+    shard_lib.check_batch_size(batch_size, mesh)
+    model = compiled_model(model_cfg, mesh)
+    tx, schedule = optim.make_optimizer(config.optim, int(train_cfg.max_steps))
+    abstract = optim.abstract_state(tx, int(config.seed), mesh, partial(init_params, model_cfg))
+    n_micro, train_c = _accumulation(config, model, tx, schedule, mesh, abstract, target)
+    if train_c is None:
+        if batch_size % (n_micro * mesh.devices.size):
+            raise ValueError(f"train.batch_size={batch_size} must be divisible by train.grad_accum_steps="
+                             f"{n_micro} x {mesh.devices.size} devices")
+        train_c = fit.compile_program(make_train_step(model, tx, mesh, n_micro, schedule), abstract,
+                                      _batch_spec(mesh, batch_size, T))
+    eval_rows = round_up(int(train_cfg.eval_batch_size), mesh.devices.size)
+    eval_c = fit.compile_program(make_eval_step(model, mesh), abstract.params, _batch_spec(mesh, eval_rows, T, True))
+    n_params = count_params(abstract.params, exclude_positions=True)
+    step_flops = metrics_lib.program_matmul_flops(make_train_step(model, tx, mesh, n_micro, schedule), abstract,
+                                                  _batch_spec(mesh, batch_size, T))
+    xla_flops = None
+    if train_c.ok:
+        cost = train_c.compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        xla_flops = float(cost.get("flops", 0.0)) * mesh.devices.size  # per device -> the whole step
+    cfg = model.cfg
+    return fit.report(
+        target, train_c, eval_c, params=count_params(abstract.params), batch_size=batch_size, seq_len=T, grad_accum_steps=n_micro,
+        micro_batch=batch_size // n_micro, dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention,
+        flops_per_step=step_flops, xla_flops_per_step=xla_flops,
+        model_flops_per_step=metrics_lib.flops_per_token(cfg, n_params, T) * batch_size * T)
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+
+def _pretraining_task(config, model: GPT, tx, schedule, mesh, train_tokens, val_tokens, n_params: int,
+                      grad_accum_steps: int) -> Task:
     train_cfg, T = config.train, model.cfg.block_size
     batch_size = int(train_cfg.batch_size)
     eval_step = make_eval_step(model, mesh)
@@ -159,7 +252,7 @@ def _pretraining_task(config, model: GPT, tx, schedule, mesh, train_tokens, val_
         val_loss = evaluate(eval_step, params, val_batches, mesh)
         return {"val_loss": val_loss}, f"step {step}: val loss {val_loss:.4f}"
 
-    return Task(train_step=make_train_step(model, tx, mesh, int(train_cfg.grad_accum_steps), schedule),
+    return Task(train_step=make_train_step(model, tx, mesh, grad_accum_steps, schedule),
                 batch=data_lib.Batches(train_tokens, T, batch_size, int(config.seed)), evaluate=evaluate_val,
                 tokens_per_step=batch_size * T, flops_per_token=metrics_lib.flops_per_token(model.cfg, n_params, T),
                 peak_flops=metrics_lib.device_peak_flops(float(train_cfg.peak_flops)))
@@ -175,7 +268,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         _refuse_changed_data(workdir, saved, model_cfg, tokenizer)
         params_or_init = pretrained_params if pretrained_params is not None else partial(init_params, model_cfg)
         n_all = count_params(jax.eval_shape(partial(init_params, model_cfg, jax.random.PRNGKey(0))))
-        mesh = shard_lib.data_mesh(int(train_cfg.batch_size), int(train_cfg.grad_accum_steps), n_all)
+        mesh = shard_lib.data_mesh(int(train_cfg.batch_size), max(int(train_cfg.grad_accum_steps), 1), n_all)
         tx, schedule = optim.make_optimizer(config.optim, int(train_cfg.max_steps))
         meta = {"model": model_cfg.to_dict(), "tokenizer": tokenizer.meta(), "config": config.to_dict()}
         seed = int(config.seed)
@@ -187,8 +280,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f"d {model_cfg.d_model}, context {model_cfg.block_size}); data: {len(train_tokens):,} train / "
             f"{len(val_tokens):,} val tokens ({tokenizer.name}); {mesh.devices.size} x "
             f"{mesh.devices.flat[0].platform} device(s)")
-        task = _pretraining_task(config, GPT(model_cfg), tx, schedule, mesh, train_tokens, val_tokens,
-                                 count_params(state.params, exclude_positions=True))
+        model = compiled_model(model_cfg, mesh)
+        n_micro, _ = _accumulation(config, model, tx, schedule, mesh, optim.abstract_state(
+            tx, seed, mesh, partial(init_params, model_cfg)), fit.here_target())
+        log(f"compute: {model.cfg.dtype}, attention {model.cfg.attention}, remat {model.cfg.remat}, "
+            f"{n_micro} microbatch(es) per step")
+        task = _pretraining_task(config, model, tx, schedule, mesh, train_tokens, val_tokens,
+                                 count_params(state.params, exclude_positions=True), n_micro)
         cadence = Cadence(int(train_cfg.max_steps), int(train_cfg.log_every), int(train_cfg.eval_every),
                           int(train_cfg.checkpoint_every), bool(train_cfg.progress_bar))
         state, last_eval = train_loop(run, state, task, cadence, mesh, float(config.optim.learning_rate))

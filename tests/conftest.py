@@ -4,6 +4,10 @@ import sys
 
 import pytest
 
+# The tests run on this machine's CPU. Where libtpu is installed (the TPU compile tests use it), JAX would also try
+# to open a TPU at start-up in every test process; the topologies the tests compile for need no TPU backend.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 

@@ -57,6 +57,22 @@ def test_a_checkpoint_of_another_format_is_refused_with_a_clear_error(tmp_path):
     assert finished(str(tmp_path)) == [3]  # nothing of the user's is removed
 
 
+def test_a_checkpoint_with_one_parameter_group_per_layer_is_refused(tmp_path):
+    """Format 2 (h_0 ... h_{L-1}, before the layer scan) would not restore onto the stacked layout: a one-line error
+    that says which layout it holds, never a silent misread."""
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path))
+    s = state_at(3)
+    ckpt.manager.save(3, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(s.params), opt_state=ocp.args.StandardSave(s.opt_state),
+        train=ocp.args.StandardSave({"step": s.step, "rng": s.rng}),
+        meta=ocp.args.JsonSave({**META, "checkpoint_format": 2})))
+    ckpt.wait()
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"format 2 \(one parameter group per layer, h_0 \.\.\. "
+                       r"h_\{L-1\}\); this gpt-jax reads format 3 \(the blocks' parameters stacked over layers\)"):
+        ckpt.restore(3, {"params": ckpt_lib.abstract_like(s.params, sharding)})
+
+
 def test_interrupt_saves_the_step_reached(tmp_path):
     ckpt = ckpt_lib.Checkpointer(str(tmp_path))
     ckpt.save_state(20, state_at(20), META)

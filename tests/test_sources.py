@@ -71,6 +71,6 @@ def test_train_init_from_takes_a_run_folder(tmp_path):
     config.data.tokenizer = "gpt2"  # overridden by the source's tokenizer
     config.model.dropout = 0.2
     cfg, got, tok, train_tokens, _ = model_and_data(config, str(tmp_path / "new"))
-    assert cfg == CFG.replace(dropout=0.2) and tok.meta() == TOK.meta()
+    assert cfg == CFG.replace(dropout=0.2, dtype="auto", remat="auto", attention="auto") and tok.meta() == TOK.meta()
     assert np.asarray(train_tokens[:4]).tolist() == TOK.encode("abc ")
     np.testing.assert_array_equal(got["wpe"], params["wpe"])

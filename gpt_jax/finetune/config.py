@@ -94,7 +94,7 @@ def default_config(task: str = "classification"):
     c.model.dropout = 0.1  # transformer dropout while fine-tuning (the architecture comes from init_from)
     c.model.clf_dropout = 0.1  # dropout on the extract token's hidden state, before the linear head
     c.model.max_length = 0  # tokens per sequence, special tokens included (0 = the model's block_size)
-    c.model.dtype = "float32"  # compute dtype ("bfloat16" on TPU/GPU); parameters stay float32
+    c.model.dtype = "auto"  # compute dtype: "auto" (bfloat16 on TPU/GPU, float32 on CPU), "float32", "bfloat16"
 
     c.optim = default_optim()  # AdamW fields of pre-training, with the paper's fine-tuning values:
     # peak learning rate (0 = the width rule: 6.25e-5 x 768 / d_model, the paper's value at its width)

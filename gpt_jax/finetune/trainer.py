@@ -281,7 +281,8 @@ def _setup(config, workdir: str) -> _Setup:
     task, regression = _check_config(config)
     train_ex, eval_ex, labels = _read_data(config, task, regression)
     saved, model_cfg, tokenizer, gpt_params = _model_source(config, workdir)
-    model_cfg = model_cfg.replace(dropout=float(config.model.dropout), dtype=config.model.dtype)
+    model_cfg = model_cfg.replace(dropout=float(config.model.dropout), dtype=config.model.dtype, remat="auto",
+                                  attention="xla").for_platform(jax.devices()[0].platform)  # dtype "auto" settled
     max_length = _max_length(config, model_cfg)
     lr, aux, recipe = resolve_recipe(config.optim.learning_rate, config.aux_lm_weight, model_cfg.d_model)
     specials = formats.Specials.after(model_cfg.vocab_size)
