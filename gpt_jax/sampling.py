@@ -116,9 +116,11 @@ def _count(mask):
 def _categorical(rng, logits):
     """logits (B, V) float32 -> ids (B,) int32: `jax.random.categorical(rng, logits, axis=-1)`, token for token.
 
-    That function adds Gumbel noise from jax's threefry bits, which on CPU it computes in a rolled loop (3x this
-    unrolled form, whose row is padded to a multiple of 128 so XLA vectorizes it). Anything but the default
-    threefry with partitionable bits goes to jax.random.categorical itself; tests check both agree."""
+    That function adds Gumbel noise from jax's threefry bits, which on CPU it computes in a rolled loop; this is
+    the same arithmetic unrolled, with the bits computed over rows padded to a multiple of 128 so XLA vectorizes
+    them. Anything but the default threefry with partitionable bits goes to jax.random.categorical itself; tests
+    check that both agree. Measured on the 2-core CPU for V = 50257, per call: 2.2 against 4.0-4.4 ms at batch 1,
+    2.8 against 12.6-13.2 ms at batch 8."""
     if jax.config.jax_threefry_partitionable is not True or not _is_threefry(rng):
         return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
     B, V = logits.shape
@@ -129,11 +131,13 @@ def _categorical(rng, logits):
     floats = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0  # [0, 1)
     tiny = jnp.finfo(jnp.float32).tiny
     uniform = jnp.maximum(tiny, floats * (1.0 - tiny) + tiny)  # jax.random.uniform(minval=tiny, maxval=1)
-    noisy = jnp.pad(logits, ((0, 0), (0, Vp - V)), constant_values=-jnp.inf) - jnp.log(-jnp.log(uniform))
+    if B == 1:  # the rest on the padded row too: 2.2 against 2.8-3.1 ms (but 16.7 against 2.8 ms at batch 8)
+        logits, V = jnp.pad(logits, ((0, 0), (0, Vp - V)), constant_values=-jnp.inf), Vp
+    noisy = logits - jnp.log(-jnp.log(uniform[:, :V]))  # (B, V)
     # argmax as max, then the first index at it: two float reductions (XLA:CPU runs an int32 min as a slow tree
     # of reduce-windows; indices < 2^24 are exact in float32)
     best = jnp.max(noisy, axis=-1, keepdims=True)
-    first = jnp.min(jnp.where(noisy == best, jnp.arange(Vp, dtype=jnp.float32), float(Vp)), axis=-1)
+    first = jnp.min(jnp.where(noisy == best, jnp.arange(V, dtype=jnp.float32), float(V)), axis=-1)
     return first.astype(jnp.int32)
 
 
