@@ -60,8 +60,10 @@ def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
         logits = jnp.where(keys >= lo, logits, -jnp.inf)
     if top_p < 1.0:
         probs = jax.nn.softmax(logits, axis=-1)  # over top-k's set, as with -inf outside it
-        # the mass of {keys >= t} as a dot product: XLA:CPU runs it about twice as fast as a masked sum
-        mass = lambda ge: jnp.einsum("bv,bv->b", jnp.where(ge, 1.0, 0.0), probs)[:, None]  # noqa: E731
+        # the mass of {keys >= t} as a dot product: XLA:CPU runs it about twice as fast as a masked sum. In full
+        # float32 (accelerators' default for a float32 dot may round the inputs to bfloat16 / tf32)
+        mass = lambda ge: jnp.einsum("bv,bv->b", jnp.where(ge, 1.0, 0.0), probs,  # noqa: E731
+                                     precision=jax.lax.Precision.HIGHEST)[:, None]
         lo = _cut(keys, lo, lambda ge: mass(ge) >= top_p)
         logits = jnp.where(keys >= lo, logits, -jnp.inf)
     return logits
