@@ -29,21 +29,137 @@ class SamplingError(ValueError):
 
 
 def sample_logits(logits, rng, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
-    """logits (B, V) float32 -> token ids (B,) int32. temperature 0 = greedy; top_k 0 / top_p 1 = off."""
+    """logits (B, V) float32 -> token ids (B,) int32. temperature 0 = greedy; top_k 0 / top_p 1 = off.
+
+    Divides by the temperature, keeps the logits >= the k-th largest (ties included), then of those the smallest
+    set of the most likely tokens whose mass before each one (in descending order) is < top_p, and draws one of
+    the kept tokens as `jax.random.categorical(rng, kept_logits)` does, the same token for the same key. Neither
+    cut sorts: each is a threshold found by bisection over the float32 values (`_cut`: 17-19 passes over a
+    50257-token row in our tests, 32 at most), and the draw computes the categorical's noise without its rolled
+    loop (`_categorical`).
+    """
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # (B, 1): the k-th largest logit
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return _categorical(rng, filter_logits(logits / temperature, top_k, top_p))
+
+
+def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
+    """logits (B, V) float32 -> (B, V): -inf outside top-k's set, then outside top-p's set of what is left.
+
+    Top-k keeps the logits >= the k-th largest of the row, ties included. Top-p keeps each token whose mass
+    strictly above it (the probabilities of the larger logits, renormalized over top-k's set) is < top_p: the
+    smallest descending prefix reaching top_p, with its ties. Both are cuts {logits >= t}, t found by `_cut`.
+    """
+    V = logits.shape[-1]
+    if not ((top_k and top_k < V) or top_p < 1.0):
+        return logits
+    keys = _ordered(logits)  # (B, V) uint32, in the logits' order
+    lo = jnp.min(keys, axis=-1, keepdims=True)  # (B, 1): every token kept so far
+    if top_k and top_k < V:
+        lo = _cut(keys, lo, lambda ge: _count(ge) >= top_k, enough=top_k)
+        logits = jnp.where(keys >= lo, logits, -jnp.inf)
     if top_p < 1.0:
-        desc = jnp.sort(logits, axis=-1)[:, ::-1]  # (B, V)
-        probs = jax.nn.softmax(desc, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # probability mass strictly above each token
-        keep = before < top_p  # the smallest set reaching top_p (never empty: the first has 0 before it)
-        threshold = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits < threshold, -jnp.inf, logits)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+        probs = jax.nn.softmax(logits, axis=-1)  # over top-k's set, as with -inf outside it
+        # the mass of {keys >= t} as a dot product: XLA:CPU runs it about twice as fast as a masked sum. In full
+        # float32 (accelerators' default for a float32 dot may round the inputs to bfloat16 / tf32)
+        mass = lambda ge: jnp.einsum("bv,bv->b", jnp.where(ge, 1.0, 0.0), probs,  # noqa: E731
+                                     precision=jax.lax.Precision.HIGHEST)[:, None]
+        lo = _cut(keys, lo, lambda ge: mass(ge) >= top_p)
+        logits = jnp.where(keys >= lo, logits, -jnp.inf)
+    return logits
+
+
+def _ordered(x):
+    """float32 (...) -> uint32 (...) in the same order: x < y iff key(x) < key(y); -0.0 and 0.0 share a key."""
+    bits = jax.lax.bitcast_convert_type(jnp.where(x == 0, 0.0, x), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _cut(keys, lo, reaches: Callable, enough: Optional[int] = None):
+    """Per row, a threshold t (B, 1) keeping {keys >= t} == {keys >= t*}, t* the largest t with reaches(keys >= t).
+
+    keys (B, V) uint32 (`_ordered`); lo (B, 1) uint32 reaches (or is the row's smallest key: then it is kept
+    whole); `reaches` maps a mask (B, V) to (B, 1) bool and is monotone: True up to t*, False above. t* is a key
+    of the row, since the count / mass of {keys >= t} only changes at one.
+
+    Bisection over the uint32 keys with [lo, hi) holding t* (lo reaches, hi does not): at most 32 passes, each a
+    count and a `reaches` over the row. A row stops once no other key lies inside [lo, hi) (one key in it, or
+    hi == lo + 1), or once exactly `enough` keys are >= lo (top-k's usual end): then {keys >= lo} is the answer.
+    """
+    top = jnp.max(keys, axis=-1, keepdims=True)
+    hi = jnp.where(top == jnp.uint32(0xFFFFFFFF), top, top + 1)  # (B, 1): nothing is >= hi
+
+    def running(s):
+        lo, hi, n_lo, n_hi = s
+        go = (hi - lo > 1) & (n_lo - n_hi > 1)  # (B, 1)
+        return go if enough is None else go & (n_lo > enough)
+
+    def body(s):
+        lo, hi, n_lo, n_hi = s
+        go = running(s)
+        mid = lo + (hi - lo) // 2  # (B, 1), strictly inside (lo, hi) where go
+        ge = keys >= mid
+        n_mid, up = _count(ge), reaches(ge)
+        up_, down = go & up, go & ~up
+        return (jnp.where(up_, mid, lo), jnp.where(down, mid, hi), jnp.where(up_, n_mid, n_lo),
+                jnp.where(down, n_mid, n_hi))
+
+    s = (lo, hi, _count(keys >= lo), jnp.zeros(lo.shape, jnp.float32))
+    lo, hi, n_lo, n_hi = jax.lax.while_loop(lambda s: jnp.any(running(s)), body, s)
+    return lo
+
+
+def _count(mask):
+    """mask (B, V) bool -> (B, 1) float32 count, exact below 2^24 (XLA:CPU sums float32 far faster than int32)."""
+    return jnp.sum(jnp.where(mask, 1.0, 0.0), axis=-1, keepdims=True)
+
+
+def _categorical(rng, logits):
+    """logits (B, V) float32 -> ids (B,) int32: `jax.random.categorical(rng, logits, axis=-1)`, token for token.
+
+    That function adds Gumbel noise from jax's threefry bits, which on CPU it computes in a rolled loop; this is
+    the same arithmetic unrolled, with the bits computed over rows padded to a multiple of 128 so XLA vectorizes
+    them. Anything but the default threefry with partitionable bits goes to jax.random.categorical itself; tests
+    check that both agree. Measured on the 2-core CPU for V = 50257, per call: 2.2 against 4.0-4.4 ms at batch 1,
+    2.8 against 12.6-13.2 ms at batch 8."""
+    if getattr(jax.config, "jax_threefry_partitionable", None) is not True or not _is_threefry(rng):
+        return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    B, V = logits.shape
+    Vp = round_up(V, 128)
+    k = rng if rng.dtype == jnp.uint32 else jax.random.key_data(rng)  # (2,) uint32
+    flat = jnp.arange(Vp, dtype=jnp.uint32)[None, :] + jnp.uint32(V) * jnp.arange(B, dtype=jnp.uint32)[:, None]
+    bits = _threefry2x32(k[0], k[1], flat)  # (B, Vp): jax.random.bits(rng, (B, V)) in the first V columns
+    floats = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0  # [0, 1)
+    tiny = jnp.finfo(jnp.float32).tiny
+    uniform = jnp.maximum(tiny, floats * (1.0 - tiny) + tiny)  # jax.random.uniform(minval=tiny, maxval=1)
+    if B == 1:  # the rest on the padded row too: 2.2 against 2.8-3.1 ms (but 16.7 against 2.8 ms at batch 8)
+        logits, V = jnp.pad(logits, ((0, 0), (0, Vp - V)), constant_values=-jnp.inf), Vp
+    noisy = logits - jnp.log(-jnp.log(uniform[:, :V]))  # (B, V)
+    # argmax as max, then the first index at it: two float reductions (XLA:CPU runs an int32 min as a slow tree
+    # of reduce-windows; indices < 2^24 are exact in float32)
+    best = jnp.max(noisy, axis=-1, keepdims=True)
+    first = jnp.min(jnp.where(noisy == best, jnp.arange(V, dtype=jnp.float32), float(V)), axis=-1)
+    return first.astype(jnp.int32)
+
+
+def _is_threefry(rng) -> bool:
+    if rng.dtype == jnp.uint32:  # a raw key (jax.random.PRNGKey): the default implementation's
+        return rng.shape == (2,) and getattr(jax.config, "jax_default_prng_impl", None) == "threefry2x32"
+    return rng.shape == () and "threefry" in str(jax.random.key_impl(rng))
+
+
+def _threefry2x32(k1, k2, count):
+    """jax's threefry2x32 hash of the counts (0, count) under the key (k1, k2), its two words xor-ed: the bits
+    `jax.random.bits` gives the element at flat index `count`. count (...) uint32 -> (...) uint32."""
+    rotl = lambda v, r: (v << jnp.uint32(r)) | (v >> jnp.uint32(32 - r))  # noqa: E731
+    ks = [k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA)]
+    x0, x1 = jnp.zeros_like(count) + ks[0], count + ks[1]
+    for i in range(5):
+        for r in ((13, 15, 26, 6), (17, 29, 16, 24))[i % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ rotl(x1, r)
+        x0, x1 = x0 + ks[(i + 1) % 3], x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    return x0 ^ x1
 
 
 class Sampler:
