@@ -185,7 +185,8 @@ def report(target: Target, train: Compiled, eval_: Optional[Compiled], **fields)
         "hbm_fraction": round(needed / limit, 3) if limit and np.isfinite(needed) else None,
         "train_gib": round(train.needed / GiB, 3) if np.isfinite(train.needed) else None,
         "eval_gib": round(eval_.needed / GiB, 3) if eval_ and np.isfinite(eval_.needed) else None,
-        "compile_s": round(train.compile_s + (eval_.compile_s if eval_ else 0.0), 1),
+        "compile_s": round(train.compile_s, 1),  # the train step's: what a run waits for before its first step
+        "eval_compile_s": round(eval_.compile_s, 1) if eval_ else None,
         **fields,
         "error": train.error or (eval_.error if eval_ else ""),
     }

@@ -66,6 +66,46 @@ def init_cache(cfg: ModelConfig, batch_size: int, length: Optional[int] = None, 
     return {"k": jnp.zeros(k_shape, dtype), "v": jnp.zeros(v_shape, dtype), "pos": jnp.zeros((), jnp.int32)}
 
 
+def _fmix32(x):
+    """MurmurHash3's 32-bit finalizer: a bijection of uint32 whose every output bit depends on every input bit."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _hash_keep(key, keep_prob: float, shape):
+    """A Bernoulli(keep_prob) mask from a counter hash: element i keeps iff fmix32(fmix32(i ^ k0) + k1) is below
+    keep_prob * 2^32, (k0, k1) the threefry key's words (every row, layer and dropout site has its own key).
+    Two multiply-xorshift rounds per element where threefry takes twenty: for dropout masks, not for statistics."""
+    words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    words = words.astype(jnp.uint32).reshape(-1)
+    counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    bits = _fmix32(_fmix32(counter ^ words[0]) + words[1])
+    return bits < jnp.uint32(min(int(keep_prob * 2.0 ** 32), 2 ** 32 - 1))
+
+
+class Dropout(nn.Module):
+    """Dropout as flax's nn.Dropout (inputs / keep_prob where kept, else 0), with the mask's random bits chosen by
+    the platform the program is compiled for: on CPU jax's threefry (`jax.random.bernoulli`, flax's own mask); on
+    TPU and GPU a counter hash (`_hash_keep`). Threefry for every mask of GPT-1 (embedding, attention
+    probabilities, two residual branches, recomputed in the backward pass) made its TPU train step compile in 98 s
+    instead of 37 (docs/performance.md). Both are per-row keyed, so masks do not depend on how a batch is split."""
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        if deterministic or self.rate == 0.0:
+            return x
+        keep_prob = 1.0 - self.rate
+        key = self.make_rng("dropout")
+        keep = jax.lax.platform_dependent(
+            key, cpu=lambda k: jax.random.bernoulli(k, keep_prob, x.shape),
+            default=lambda k: _hash_keep(k, keep_prob, x.shape))
+        return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
+
+
 class Dense(nn.Module):
     """y = x @ kernel.T + bias, with the kernel stored (out, in), as PyTorch's Linear.
 
@@ -132,14 +172,14 @@ class CausalSelfAttention(nn.Module):
             y = y.reshape(B, H, T, D).transpose(0, 2, 1, 3)  # (B, T, H, D)
         y = y.reshape(B, T, C)
         y = dense(C, 0.02 / math.sqrt(2 * cfg.n_layer), "c_proj")(y, decoding=decoding)  # GPT-2's scaled residual init
-        y = nn.Dropout(cfg.dropout)(y, deterministic=not train)
+        y = Dropout(cfg.dropout)(y, deterministic=not train)
         return y, new_kv
 
     def _probs(self, att, q_pos, k_pos, train: bool):
         """Attention scores (B, H, T, S) -> causal softmax probabilities (in float32, then the compute dtype)."""
         bias = jnp.where(k_pos[None, :] <= q_pos[:, None], 0.0, NEG_INF)  # (T, S): itself and the past only
         probs = jax.nn.softmax(att.astype(jnp.float32) + bias, axis=-1).astype(att.dtype)
-        return nn.Dropout(self.cfg.dropout)(probs, deterministic=not train)
+        return Dropout(self.cfg.dropout)(probs, deterministic=not train)
 
 
 class MLP(nn.Module):
@@ -151,7 +191,7 @@ class MLP(nn.Module):
         h = Dense(cfg.d_ff, 0.02, _dtype(cfg), name="c_fc")(x, decoding=decoding)  # (B, T, F)
         h = jax.nn.gelu(h, approximate=cfg.activation == "gelu_tanh")  # tanh GELU, as GPT-1/2
         h = Dense(cfg.d_model, 0.02 / math.sqrt(2 * cfg.n_layer), _dtype(cfg), name="c_proj")(h, decoding=decoding)
-        return nn.Dropout(cfg.dropout)(h, deterministic=not train)
+        return Dropout(cfg.dropout)(h, deterministic=not train)
 
 
 class Block(nn.Module):
@@ -208,7 +248,7 @@ class GPT(nn.Module):
             self.ln_f = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=_dtype(cfg), name="ln_f")
         if not cfg.tie_embeddings:
             self.lm_head = Dense(cfg.padded_vocab, 0.02, _dtype(cfg), use_bias=False, name="lm_head")
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def hidden(self, ids, *, train: bool = False, cache: Optional[Cache] = None):
         """Final hidden states (B, T, C) (after ln_f for pre-LN) and the updated cache (or None)."""

@@ -158,3 +158,24 @@ def test_mfu_flop_count_matches_xla_cost_analysis(n_layer):
         cost = step.lower(state, batch).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         assert abs(cost["flops"] / counted - 1) < 0.15, (cost["flops"], counted)
+
+
+def test_rbg_dropout_bits_are_per_row_and_reproducible():
+    """per_row(bits="rbg"), the accelerators' generator: the same rows give the same masks however the batch is
+    split, and other masks than threefry's."""
+    cfg = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, block_size=16, vocab_size=40, dropout=0.3)
+    model = GPT(cfg)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    ids = jax.random.randint(jax.random.PRNGKey(1), (4, 16), 0, 40)
+    rng = jax.random.PRNGKey(7)
+
+    def hidden(bits, rows, x):
+        one = lambda r, k: model.apply({"params": params}, r[None], train=True, rngs={"dropout": k},
+                                       method=GPT.hidden)[0][0]
+        return optim.per_row(one, rng, rows, x, bits=bits)
+
+    whole = hidden("rbg", jnp.arange(4), ids)
+    halves = jnp.concatenate([hidden("rbg", jnp.arange(2), ids[:2]), hidden("rbg", jnp.arange(2, 4), ids[2:])])
+    np.testing.assert_allclose(whole, halves, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(whole, hidden("rbg", jnp.arange(4), ids))
+    assert float(jnp.abs(whole - hidden("threefry", jnp.arange(4), ids)).max()) > 1e-3
