@@ -81,10 +81,10 @@ def _train_or_eval(config, cfg: ModelConfig, n_micro: int, tx, schedule, state, 
     fpt = metrics_lib.flops_per_token(cfg, count_params(state.params, exclude_positions=True), seq_len)
     fields = dict(batch_size=batch_size, seq_len=seq_len, grad_accum_steps=n_micro)
     if FLAGS.mode == "eval":
-        eval_fn = train_lib.make_eval_step(GPT(cfg), mesh)
+        eval_fn = train_lib.make_eval_step(train_lib.compiled_model(cfg, mesh), mesh)
         eval_batch = shard_lib.put_batch(dict(batch, weights=np.ones(batch_size, np.float32)), mesh)
         return (lambda: eval_fn(state.params, eval_batch)[0]), fpt / 3, fields  # forward only
-    step_fn = train_lib.make_train_step(GPT(cfg), tx, mesh, n_micro, schedule)
+    step_fn = train_lib.make_train_step(train_lib.compiled_model(cfg, mesh), tx, mesh, n_micro, schedule)
     batch, holder = shard_lib.put_batch(batch, mesh), [state]
 
     def step():
@@ -98,7 +98,8 @@ def _sample(config, cfg: ModelConfig, state):
     """(step function, forward FLOPs per generated token, fields): one whole generation."""
     n_seqs, prompt_len, new_tokens = FLAGS.sample_batch, FLAGS.prompt_len, FLAGS.new_tokens
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, prompt_len).tolist()
-    sampler, settings = model_sampler(GPT(cfg)), dict(temperature=float(config.sample.temperature),
+    model = GPT(cfg.for_platform(jax.devices()[0].platform))
+    sampler, settings = model_sampler(model), dict(temperature=float(config.sample.temperature),
                                                        top_k=int(config.sample.top_k), top_p=float(config.sample.top_p))
 
     def step():
@@ -143,7 +144,7 @@ def main(argv):
     tokens_per_sec = tokens_per_call / (ms / 1000)
     peak = metrics_lib.device_peak_flops(FLAGS.peak_tflops * 1e12)
     out = {"mode": FLAGS.mode, "device": jax.devices()[0].device_kind, "n_devices": int(mesh.devices.size),
-           "dtype": cfg.dtype, "params_m": round(n_all / 1e6, 2), **fields}
+           "dtype": cfg.for_platform(jax.devices()[0].platform).dtype, "params_m": round(n_all / 1e6, 2), **fields}
     if FLAGS.mode == "sample":
         out["ms_per_token"] = round(ms / fields["new_tokens"], 3)
     out.update(ms_per_step=round(ms, 3), tokens_per_sec=round(tokens_per_sec, 1),

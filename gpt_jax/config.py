@@ -15,6 +15,7 @@ ACTIVATIONS = ("gelu_tanh", "gelu")
 DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on TPU and GPU, float32 on CPU (`for_platform`)
 REMATS = ("auto", "none", "block", "dots")  # see gpt_jax.model.REMAT_POLICIES; auto: dots on TPU/GPU, none on CPU
 ATTENTIONS = ("auto", "xla", "flash")  # see gpt_jax.attention
+LAYER_LOOPS = ("auto", "scan", "unroll")  # auto: scan on TPU/GPU, unroll on CPU (and when left unresolved)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,13 +38,16 @@ class ModelConfig:
     #                       the dense layers' outputs: +2% FLOPs at GPT-1's shape, and no (B, H, T, T) attention
     #                       tensors kept per layer); "auto": dots on TPU/GPU, none on CPU
     attention: str = "xla"  # "auto" (flash where it applies), "xla" (plain; attention dropout), "flash" (kernel)
+    layer_loop: str = "auto"  # the blocks as one loop ("scan": one block compiled, fast compiles) or "unroll"ed
+    #                           (XLA:CPU runs a loop over stacked weights 2x slower); same parameters either way
 
     def __post_init__(self):
         if self.norm_position not in NORM_POSITIONS:
             raise ValueError(f"model.norm_position must be one of {NORM_POSITIONS}, got {self.norm_position!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"model.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        for name, valid in (("dtype", DTYPES), ("remat", REMATS), ("attention", ATTENTIONS)):
+        for name, valid in (("dtype", DTYPES), ("remat", REMATS), ("attention", ATTENTIONS),
+                            ("layer_loop", LAYER_LOOPS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"model.{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.d_model % self.n_head:
@@ -75,6 +79,8 @@ class ModelConfig:
             cfg = cfg.replace(dtype="float32" if platform == "cpu" else "bfloat16")
         if cfg.remat == "auto":
             cfg = cfg.replace(remat="none" if platform == "cpu" else "dots")
+        if cfg.layer_loop == "auto":
+            cfg = cfg.replace(layer_loop="unroll" if platform == "cpu" else "scan")
         if cfg.attention == "auto":
             ok, _ = flash_supported(platform=platform, seq_len=cfg.block_size, head_dim=cfg.head_dim,
                                     dtype=cfg.dtype, dropout=cfg.dropout)

@@ -3,8 +3,11 @@
 Shapes: B batch, T tokens in this call, S cache length, C = d_model, H heads, D = C // H, V padded vocab.
 
 The blocks run under `nn.scan`: one block's program, applied n_layer times, so XLA compiles one block instead
-of n_layer unrolled copies (the 12-layer train step compiles for a TPU in seconds, not minutes). Their parameters
-are stacked over a leading layer axis, `params["h"][...]` of shape (n_layer, ...). `model.remat` rematerializes
+of n_layer unrolled copies (GPT-1's train step compiles for a TPU in about a minute, not three). Their parameters
+are stacked over a leading layer axis, `params["h"][...]` of shape (n_layer, ...). On CPU the layers run unrolled
+(`model.layer_loop`), each applied to its slice of the stack: XLA:CPU ran the scan's loop 2x slower in decoding
+(every weight sliced per token) and 1.14x in training. The sampler hands an unrolled model its layers as a list
+(`unstack_layers`), sliced once before decoding. `model.remat` rematerializes
 each block in the backward pass (`REMAT_POLICIES`), trading compute for activation memory.
 
 KV cache (an explicit pytree, passed in and returned; see `init_cache`):
@@ -230,6 +233,16 @@ def scanned_blocks(cfg: ModelConfig, mesh=None, name: str = "h"):
                    in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layer)(cfg, mesh, name=name)
 
 
+def unstack_layers(params) -> dict:
+    """params with the stacked blocks `h` (n_layer, ...) given as a list of per-layer trees: what an unrolled model
+    reads without slicing a weight inside its program (the sampler does it once, before its decoding loop)."""
+    h = params["h"]
+    if isinstance(h, (list, tuple)):
+        return params
+    n = jax.tree_util.tree_leaves(h)[0].shape[0]
+    return {**params, "h": [jax.tree_util.tree_map(lambda p, i=i: p[i], h) for i in range(n)]}
+
+
 class GPT(nn.Module):
     """cfg: the model; mesh: the devices a training step spans, needed only by the flash attention kernel (which
     XLA cannot partition by itself)."""
@@ -261,7 +274,18 @@ class GPT(nn.Module):
         x = (jnp.take(self.wte, ids, axis=0) + wpe[None]).astype(_dtype(cfg))  # (B, T, C)
         x = self.drop(x, deterministic=not train)
         kv = None if cache is None else (cache["k"], cache["v"])
-        (x, kv, _), _ = self.blocks((x, kv, jnp.zeros((), jnp.int32)), train, pos)
+        if cfg.layer_loop == "scan" or self.is_initializing():
+            (x, kv, _), _ = self.blocks((x, kv, jnp.zeros((), jnp.int32)), train, pos)
+        else:  # unrolled: each layer's parameters taken from the stack (or a list of them: `unstack_layers`)
+            layers = self.variables["params"]["h"]
+            block_class = Block
+            if cfg.remat in REMAT_POLICIES:
+                block_class = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False, static_argnums=(2,))
+            block = block_class(cfg, self.mesh, parent=None)  # unbound: applied to each layer's parameters
+            for i in range(cfg.n_layer):
+                p = layers[i] if isinstance(layers, (list, tuple)) else jax.tree_util.tree_map(lambda a: a[i], layers)
+                rngs = {"dropout": jax.random.fold_in(self.make_rng("dropout"), i)} if train and cfg.dropout else {}
+                (x, kv, _), _ = block.apply({"params": p}, (x, kv, i), train, pos, rngs=rngs)
         if cfg.norm_position == "pre":
             x = self.ln_f(x)
         new_cache = None if cache is None else {"k": kv[0], "v": kv[1], "pos": pos + T}

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.model import init_cache
+from gpt_jax.model import init_cache, unstack_layers
 from gpt_jax.utils import round_up
 
 BUCKET = 64  # prompt and buffer lengths are rounded up to this, so similar lengths share one compile
@@ -163,8 +163,12 @@ def _threefry2x32(k1, k2, count):
 
 
 class Sampler:
-    def __init__(self, logits_fn: Callable, make_cache: Callable, block_size: int, eos_id: Optional[int] = None):
-        self.logits_fn, self.make_cache = logits_fn, make_cache
+    """prepare_params(params) -> params runs once per device call, before the decoding loop (e.g. the model's
+    layers sliced out of their stack, `gpt_jax.model.unstack_layers`), so nothing in the loop re-derives them."""
+
+    def __init__(self, logits_fn: Callable, make_cache: Callable, block_size: int, eos_id: Optional[int] = None,
+                 prepare_params: Callable = lambda params: params):
+        self.logits_fn, self.make_cache, self.prepare_params = logits_fn, make_cache, prepare_params
         self.block_size, self.eos_id = block_size, eos_id
         self._jitted: dict = {}
         self.traces = 0  # how many times a step function was traced (compiled); tests check it stays flat
@@ -175,6 +179,7 @@ class Sampler:
         """prompt (B, P) right-padded with n real tokens -> the decode state."""
         self.traces += 1
         B, P = prompt.shape
+        params = self.prepare_params(params)
         cache = self.make_cache(B, cache_len)
         logits, cache = self.logits_fn(params, prompt, cache)  # (B, P, V); writes positions [0, P)
         cache["pos"] = n  # positions >= n hold padding; they are overwritten before anyone attends to them
@@ -187,6 +192,7 @@ class Sampler:
     def _decode(self, params, state, until, *, cache_len: int, settings):
         """Generates tokens into state["tokens"] until n == until or every row has emitted eos."""
         self.traces += 1
+        params = self.prepare_params(params)
         temperature, top_k, top_p = settings
         keep = cache_len // 2
 
@@ -285,4 +291,5 @@ def model_sampler(model, eos_id: Optional[int] = None) -> Sampler:
     def logits_fn(params, ids, cache):
         return model.apply({"params": params}, ids, cache=cache)
 
-    return Sampler(logits_fn, lambda b, n: init_cache(cfg, b, n), cfg.block_size, eos_id)
+    prepare = unstack_layers if cfg.layer_loop != "scan" else (lambda params: params)
+    return Sampler(logits_fn, lambda b, n: init_cache(cfg, b, n), cfg.block_size, eos_id, prepare)

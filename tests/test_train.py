@@ -160,22 +160,21 @@ def test_mfu_flop_count_matches_xla_cost_analysis(n_layer):
         assert abs(cost["flops"] / counted - 1) < 0.15, (cost["flops"], counted)
 
 
-def test_rbg_dropout_bits_are_per_row_and_reproducible():
-    """per_row(bits="rbg"), the accelerators' generator: the same rows give the same masks however the batch is
-    split, and other masks than threefry's."""
-    cfg = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, block_size=16, vocab_size=40, dropout=0.3)
-    model = GPT(cfg)
-    params = init_params(cfg, jax.random.PRNGKey(0))
-    ids = jax.random.randint(jax.random.PRNGKey(1), (4, 16), 0, 40)
-    rng = jax.random.PRNGKey(7)
+def test_dropout_is_flax_dropout_on_cpu_and_the_hash_mask_is_bernoulli():
+    """The model's Dropout: on CPU exactly flax's nn.Dropout (same key, same mask); the accelerators' counter-hash
+    mask keeps keep_prob of the elements, independently of another key's mask."""
+    import flax.linen as nn
 
-    def hidden(bits, rows, x):
-        one = lambda r, k: model.apply({"params": params}, r[None], train=True, rngs={"dropout": k},
-                                       method=GPT.hidden)[0][0]
-        return optim.per_row(one, rng, rows, x, bits=bits)
+    from gpt_jax.model import Dropout, _hash_keep
 
-    whole = hidden("rbg", jnp.arange(4), ids)
-    halves = jnp.concatenate([hidden("rbg", jnp.arange(2), ids[:2]), hidden("rbg", jnp.arange(2, 4), ids[2:])])
-    np.testing.assert_allclose(whole, halves, rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(whole, hidden("rbg", jnp.arange(4), ids))
-    assert float(jnp.abs(whole - hidden("threefry", jnp.arange(4), ids)).max()) > 1e-3
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 300))
+    key = jax.random.PRNGKey(3)
+    ours = Dropout(0.3).apply({}, x, deterministic=False, rngs={"dropout": key})
+    theirs = nn.Dropout(0.3).apply({}, x, deterministic=False, rngs={"dropout": key})
+    np.testing.assert_array_equal(ours, theirs)
+    a = _hash_keep(key, 0.9, (1000, 1000))
+    b = _hash_keep(jax.random.fold_in(key, 1), 0.9, (1000, 1000))
+    assert abs(float(a.mean()) - 0.9) < 0.002 and abs(float(b.mean()) - 0.9) < 0.002
+    both = float((a & b).mean())  # independent masks: P(both kept) = 0.81
+    assert abs(both - 0.81) < 0.002
+    assert bool((_hash_keep(key, 0.9, (1000, 1000)) == a).all())  # a function of the key

@@ -44,7 +44,7 @@ def run_sampling(*, workdir=None, init_from=None, prompt=None, prompt_file=None,
     prompt = defaults["prompt"] if prompt is None else prompt
     pick = lambda v, k: defaults[k] if v is None else v
     ids = tokenizer.encode(prompt)
-    sampler = model_sampler(GPT(cfg), tokenizer.eot_id)
+    sampler = model_sampler(GPT(cfg.for_platform(jax.devices()[0].platform)), tokenizer.eot_id)
     stream = sampler.stream(params, ids, jax.random.PRNGKey(seed), max_new_tokens=pick(max_new_tokens,
                             "max_new_tokens"), num_samples=num_samples, temperature=pick(temperature, "temperature"),
                             top_k=pick(top_k, "top_k"), top_p=pick(top_p, "top_p"),
