@@ -227,7 +227,8 @@ def scanned_blocks(cfg: ModelConfig, mesh=None, name: str = "h"):
     """The n_layer blocks as one `nn.scan`ned module (parameters stacked on axis 0; each layer its own dropout
     and init keys), each block rematerialized in the backward pass as `cfg.remat` says."""
     block = Block
-    if cfg.remat in REMAT_POLICIES:  # "none", or "auto" left unresolved: nothing recomputed  # train (argument 2, counting self) is a Python bool: static
+    # "none", or "auto" left unresolved: nothing recomputed; train (argument 2, counting self) is a static bool
+    if cfg.remat in REMAT_POLICIES:
         block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False, static_argnums=(2,))
     return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                    in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layer)(cfg, mesh, name=name)

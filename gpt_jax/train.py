@@ -231,7 +231,8 @@ def compile_only(config, workdir: str, target_name: str) -> dict:
         xla_flops = float(cost.get("flops", 0.0)) * mesh.devices.size  # per device -> the whole step
     cfg = model.cfg
     return fit.report(
-        target, train_c, eval_c, params=count_params(abstract.params), batch_size=batch_size, seq_len=T, grad_accum_steps=n_micro,
+        target, train_c, eval_c, params=count_params(abstract.params), batch_size=batch_size, seq_len=T,
+        grad_accum_steps=n_micro,
         micro_batch=batch_size // n_micro, dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention,
         flops_per_step=step_flops, xla_flops_per_step=xla_flops,
         model_flops_per_step=metrics_lib.flops_per_token(cfg, n_params, T) * batch_size * T)

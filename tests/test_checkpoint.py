@@ -52,7 +52,9 @@ def test_a_checkpoint_of_another_format_is_refused_with_a_clear_error(tmp_path):
     ckpt.wait()
     assert ckpt.read_meta(3) == META  # the meta alone still reads (train.py compares model configs first)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with pytest.raises(ckpt_lib.CheckpointError, match=r"has checkpoint format 1 \(Dense kernels stored \(in, out\)\); this gpt-jax reads format 3"):
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=r"has checkpoint format 1 \(Dense kernels stored \(in, out\)\); this gpt-jax reads "
+                             r"format 3"):
         ckpt.restore(3, {"params": ckpt_lib.abstract_like(s.params, sharding)})
     assert finished(str(tmp_path)) == [3]  # nothing of the user's is removed
 

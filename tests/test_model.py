@@ -33,7 +33,8 @@ def test_shapes(norm):
     assert np.all(np.asarray(padded[..., cfg.vocab_size:]) < -1e29)  # padded columns carry no probability
     np.testing.assert_allclose(padded[..., : cfg.vocab_size], logits, rtol=0, atol=0)
     assert ("ln_f" in params) == (norm == "pre")
-    assert params["wte"].shape == (128, 32) and params["h"]["attn"]["c_attn"]["kernel"].shape == (2, 96, 32)  # (out, in)
+    assert params["wte"].shape == (128, 32)
+    assert params["h"]["attn"]["c_attn"]["kernel"].shape == (2, 96, 32)  # (layers, out, in)
 
 
 def test_pre_and_post_ln_differ():
