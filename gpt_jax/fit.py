@@ -34,7 +34,6 @@ class TpuKind:
 
 TPU_KINDS = {"v5e": TpuKind("v5e", 15.75, 1), "v6e": TpuKind("v6e", 31.25, 1), "v4": TpuKind("v4", 31.25, 2),
              "v5p": TpuKind("v5p", 95.0, 2)}
-HOST_CHIPS = 4  # chips per TPU VM host for the multi-host slices (v5e-16 = 4 hosts x 4 chips)
 
 
 class FitError(ValueError):

@@ -213,17 +213,16 @@ def compile_only(config, workdir: str, target_name: str) -> dict:
     tx, schedule = optim.make_optimizer(config.optim, int(train_cfg.max_steps))
     abstract = optim.abstract_state(tx, int(config.seed), mesh, partial(init_params, model_cfg))
     n_micro, train_c = _accumulation(config, model, tx, schedule, mesh, abstract, target)
+    if batch_size % (n_micro * mesh.devices.size):
+        raise ValueError(f"train.batch_size={batch_size} must be divisible by train.grad_accum_steps="
+                         f"{n_micro} x {mesh.devices.size} devices")
+    train_step, train_spec = make_train_step(model, tx, mesh, n_micro, schedule), _batch_spec(mesh, batch_size, T)
     if train_c is None:
-        if batch_size % (n_micro * mesh.devices.size):
-            raise ValueError(f"train.batch_size={batch_size} must be divisible by train.grad_accum_steps="
-                             f"{n_micro} x {mesh.devices.size} devices")
-        train_c = fit.compile_program(make_train_step(model, tx, mesh, n_micro, schedule), abstract,
-                                      _batch_spec(mesh, batch_size, T))
+        train_c = fit.compile_program(train_step, abstract, train_spec)
     eval_rows = round_up(int(train_cfg.eval_batch_size), mesh.devices.size)
     eval_c = fit.compile_program(make_eval_step(model, mesh), abstract.params, _batch_spec(mesh, eval_rows, T, True))
     n_params = count_params(abstract.params, exclude_positions=True)
-    step_flops = metrics_lib.program_matmul_flops(make_train_step(model, tx, mesh, n_micro, schedule), abstract,
-                                                  _batch_spec(mesh, batch_size, T))
+    step_flops = metrics_lib.program_matmul_flops(train_step, abstract, train_spec)
     xla_flops = None
     if train_c.ok:
         cost = train_c.compiled.cost_analysis()
@@ -273,7 +272,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         tx, schedule = optim.make_optimizer(config.optim, int(train_cfg.max_steps))
         meta = {"model": model_cfg.to_dict(), "tokenizer": tokenizer.meta(), "config": config.to_dict()}
         seed = int(config.seed)
-        state = run.resume_or_init(meta, optim.abstract_state(tx, seed, mesh, params_or_init),
+        abstract = optim.abstract_state(tx, seed, mesh, params_or_init)
+        state = run.resume_or_init(meta, abstract,
                                    partial(optim.init_state, tx, seed, mesh, params_or_init),
                                    int(train_cfg.restore_step))
         del pretrained_params, params_or_init  # the state holds its own copy
@@ -282,8 +282,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f"{len(val_tokens):,} val tokens ({tokenizer.name}); {mesh.devices.size} x "
             f"{mesh.devices.flat[0].platform} device(s)")
         model = compiled_model(model_cfg, mesh)
-        n_micro, _ = _accumulation(config, model, tx, schedule, mesh, optim.abstract_state(
-            tx, seed, mesh, partial(init_params, model_cfg)), fit.here_target())
+        n_micro, _ = _accumulation(config, model, tx, schedule, mesh, abstract, fit.here_target())
         log(f"compute: {model.cfg.dtype}, attention {model.cfg.attention}, remat {model.cfg.remat}, "
             f"{n_micro} microbatch(es) per step")
         task = _pretraining_task(config, model, tx, schedule, mesh, train_tokens, val_tokens,
